@@ -1,0 +1,150 @@
+# -*- coding: utf-8 -*-
+# Copyright: kvmsec.hardening contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What a virtualization host is made of, read from /proc and /sys. Private to the collection.
+
+Every reader takes the filesystem root as a parameter so tests can point it at a fake tree
+built from real captures; nothing here runs a command or imports Ansible.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import os
+
+HW_VIRT_FLAGS = {"vmx": "intel", "svm": "amd"}
+SECURITY_FLAGS = ("smep", "smap", "umip", "pku", "md_clear", "ssbd", "ibrs", "ibpb", "stibp")
+QEMU_BINARIES = ("usr/bin/qemu-system-x86_64", "usr/libexec/qemu-kvm", "usr/bin/qemu-kvm")
+LIBVIRTD_BINARIES = ("usr/sbin/libvirtd", "usr/sbin/virtqemud")
+
+
+def _path(root, relative):
+    return os.path.join(root, relative)
+
+
+def _read(root, relative, default=""):
+    try:
+        with open(_path(root, relative)) as handle:
+            return handle.read()
+    except (IOError, OSError):
+        return default
+
+
+def cpu_info(root="/"):
+    """Vendor, model and the flags that matter for virtualization and its mitigations."""
+    vendor = model = ""
+    flags = set()
+    for line in _read(root, "proc/cpuinfo").splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "vendor_id" and not vendor:
+            vendor = value.strip()
+        elif key == "model name" and not model:
+            model = value.strip()
+        elif key == "flags" and not flags:
+            flags = set(value.split())
+    virt = sorted(flag for flag in HW_VIRT_FLAGS if flag in flags)
+    return {
+        "vendor": {"GenuineIntel": "intel", "AuthenticAMD": "amd"}.get(vendor, vendor.lower()),
+        "model": model,
+        "hw_virtualization": [HW_VIRT_FLAGS[flag] for flag in virt],
+        "security_flags": sorted(flag for flag in SECURITY_FLAGS if flag in flags),
+    }
+
+
+def kernel_cmdline(root="/"):
+    return _read(root, "proc/cmdline").split()
+
+
+def active_lsms(root="/"):
+    """The kernel's active LSM list; empty when securityfs is not mounted."""
+    text = _read(root, "sys/kernel/security/lsm").strip()
+    return [name for name in text.split(",") if name]
+
+
+def selinux_mode(root="/"):
+    """enforcing, permissive or disabled, from selinuxfs (no library needed)."""
+    enforce = _read(root, "sys/fs/selinux/enforce").strip()
+    if enforce == "1":
+        return "enforcing"
+    if enforce == "0":
+        return "permissive"
+    return "disabled"
+
+
+def apparmor_enabled(root="/"):
+    return _read(root, "sys/module/apparmor/parameters/enabled").strip() == "Y"
+
+
+def cgroup_version(root="/"):
+    """2 when the unified hierarchy is mounted at /sys/fs/cgroup, else 1 (hybrid counts as 1)."""
+    for line in _read(root, "proc/self/mounts").splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and fields[1] == "/sys/fs/cgroup":
+            return 2 if fields[2] == "cgroup2" else 1
+    return 1
+
+
+def iommu_groups(root="/"):
+    """Number of IOMMU groups: zero means the IOMMU is off or absent."""
+    try:
+        return len(os.listdir(_path(root, "sys/kernel/iommu_groups")))
+    except OSError:
+        return 0
+
+
+def vulnerabilities(root="/"):
+    directory = _path(root, "sys/devices/system/cpu/vulnerabilities")
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        return {}
+    relative = "sys/devices/system/cpu/vulnerabilities/"
+    return dict((name, _read(root, relative + name).strip()) for name in names)
+
+
+def first_existing(root, candidates):
+    for candidate in candidates:
+        if os.path.exists(_path(root, candidate)):
+            return "/" + candidate
+    return None
+
+
+def gather(root="/"):
+    cpu = cpu_info(root)
+    lsms = active_lsms(root)
+    cmdline = kernel_cmdline(root)
+    return {
+        "cpu": cpu,
+        "kvm_device": os.path.exists(_path(root, "dev/kvm")),
+        "kernel_cmdline": cmdline,
+        "lsms": lsms,
+        "selinux": selinux_mode(root),
+        "apparmor": apparmor_enabled(root) and "apparmor" in lsms,
+        "cgroup_version": cgroup_version(root),
+        "iommu_groups": iommu_groups(root),
+        "vulnerabilities": vulnerabilities(root),
+        "qemu_binary": first_existing(root, QEMU_BINARIES),
+        "libvirtd_binary": first_existing(root, LIBVIRTD_BINARIES),
+    }
+
+
+def readiness_problems(facts, allow_emulation):
+    """Why this host cannot be treated as a KVM host; empty when it can."""
+    problems = []
+    if not facts["qemu_binary"]:
+        problems.append("no QEMU system emulator (looked for %s)"
+                        % ", ".join("/" + b for b in QEMU_BINARIES))
+    if not facts["libvirtd_binary"]:
+        problems.append("no libvirt daemon (looked for %s)"
+                        % ", ".join("/" + b for b in LIBVIRTD_BINARIES))
+    hardware = facts["cpu"]["hw_virtualization"] and facts["kvm_device"]
+    if not hardware and not allow_emulation:
+        if not facts["cpu"]["hw_virtualization"]:
+            problems.append("the CPU offers no hardware virtualization (no vmx/svm flag): enable "
+                            "VT-x/AMD-V in firmware, or set allow_emulation for a lab host")
+        else:
+            problems.append("/dev/kvm is missing: load kvm_intel or kvm_amd")
+    return problems
+

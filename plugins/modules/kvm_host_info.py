@@ -1,0 +1,122 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: kvmsec.hardening contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: kvm_host_info
+short_description: Facts about a KVM/libvirt virtualization host
+version_added: 0.1.0
+description:
+  - Reads, from C(/proc) and C(/sys), what later hardening roles need to know about a
+    virtualization host - CPU vendor and virtualization flags, C(/dev/kvm), the active Linux
+    security modules and the SELinux mode, the cgroup version, IOMMU groups, CPU vulnerability
+    mitigation state, and where QEMU and the libvirt daemon are installed.
+  - Optionally fails with the reasons when the host cannot run KVM guests.
+  - Changes nothing on the host.
+author: kvmsec.hardening developers
+options:
+  require_kvm_host:
+    description:
+      - Fail, listing every reason, when the host is not a usable KVM/libvirt host.
+    type: bool
+    default: false
+  allow_emulation:
+    description:
+      - Accept a host without hardware virtualization (guests then run under QEMU TCG).
+      - Meant for labs and CI hosts, not for production hypervisors.
+    type: bool
+    default: false
+extends_documentation_fragment:
+  - kvmsec.hardening.info_module
+"""
+
+EXAMPLES = r"""
+- name: Read the host's virtualization facts and insist on a real KVM host
+  kvmsec.hardening.kvm_host_info:
+    require_kvm_host: true
+  register: kvm_host_info_result
+
+- name: Show the SELinux mode and the cgroup version
+  ansible.builtin.debug:
+    msg: "{{ kvm_host_info_result.host.selinux }} / cgroup v{{ kvm_host_info_result.host.cgroup_version }}"
+"""
+
+RETURN = r"""
+host:
+  description: The host's virtualization facts.
+  returned: always
+  type: dict
+  contains:
+    cpu:
+      description: CPU vendor (C(intel), C(amd)), model, hardware virtualization and security flags.
+      type: dict
+      sample: {"vendor": "intel", "model": "Intel Xeon", "hw_virtualization": ["intel"],
+               "security_flags": ["smap", "smep", "umip"]}
+    kvm_device:
+      description: Whether C(/dev/kvm) exists.
+      type: bool
+    kernel_cmdline:
+      description: The running kernel's command line, split into words.
+      type: list
+      elements: str
+    lsms:
+      description: Active Linux security modules, from C(/sys/kernel/security/lsm).
+      type: list
+      elements: str
+      sample: ["lockdown", "capability", "selinux"]
+    selinux:
+      description: C(enforcing), C(permissive) or C(disabled).
+      type: str
+    apparmor:
+      description: Whether AppArmor is the active and enabled security module.
+      type: bool
+    cgroup_version:
+      description: 2 when the unified hierarchy is mounted at C(/sys/fs/cgroup), else 1.
+      type: int
+    iommu_groups:
+      description: Number of IOMMU groups; 0 means the IOMMU is off.
+      type: int
+    vulnerabilities:
+      description: Content of C(/sys/devices/system/cpu/vulnerabilities/*), by name.
+      type: dict
+    qemu_binary:
+      description: Path of the QEMU system emulator, or null.
+      type: str
+    libvirtd_binary:
+      description: Path of the libvirt daemon (C(libvirtd) or C(virtqemud)), or null.
+      type: str
+problems:
+  description: Why the host is not a usable KVM host; empty when it is.
+  returned: always
+  type: list
+  elements: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.kvmsec.hardening.plugins.module_utils import _host_facts
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            require_kvm_host=dict(type="bool", default=False),
+            allow_emulation=dict(type="bool", default=False),
+        ),
+        supports_check_mode=True,
+    )
+    facts = _host_facts.gather()
+    problems = _host_facts.readiness_problems(facts, module.params["allow_emulation"])
+    if problems and module.params["require_kvm_host"]:
+        module.fail_json(msg="This host cannot run KVM guests: " + "; ".join(problems),
+                         host=facts, problems=problems)
+    module.exit_json(changed=False, host=facts, problems=problems)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,251 @@
+#!/usr/bin/env python3
+"""The lab: disposable Debian 12 KVM host VMs with SELinux enforcing, booted under QEMU TCG.
+
+    kvmlab.py build                      build (or reuse) the cached base image, print its dir
+    kvmlab.py boot NAME [--lsm apparmor] [--no-iommu]
+                                         boot a VM on a fresh overlay, wait for SSH, print JSON
+    kvmlab.py reboot NAME                reboot it keeping its overlay, wait for SSH again
+    kvmlab.py stop NAME                  stop it and delete its overlay
+    kvmlab.py ssh NAME [CMD...]          run a command in it as root
+    kvmlab.py info NAME                  print its JSON (host, port, key, pid, ...)
+
+The base image is cached under $KVMSEC_LAB_CACHE (default ~/.cache/kvmsec-lab), keyed by the
+hash of everything that goes into it, so a second build costs nothing. Each VM boots from a
+copy-on-write overlay of that image: every test starts pristine.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CACHE = Path(os.environ.get("KVMSEC_LAB_CACHE", Path.home() / ".cache" / "kvmsec-lab"))
+BOOT_TIMEOUT = int(os.environ.get("KVMSEC_LAB_BOOT_TIMEOUT", "420"))
+MEMORY_MB = os.environ.get("KVMSEC_LAB_MEMORY", "3072")
+KERNEL_ARGS = {
+    "selinux": "security=selinux selinux=1 enforcing=1",
+    "apparmor": "security=apparmor apparmor=1",
+}
+
+
+class LabError(Exception):
+    pass
+
+
+def image_key():
+    """Hash of every input of the image build: changing any of them rebuilds the image."""
+    digest = hashlib.sha256()
+    inputs = [HERE / "build-image.sh", HERE / "packages.txt"]
+    inputs += sorted(p for p in (HERE / "rootfs").rglob("*") if p.is_file())
+    for path in inputs:
+        digest.update(str(path.relative_to(HERE)).encode())
+        digest.update(path.read_bytes())
+    digest.update(os.environ.get("KVMSEC_LAB_MIRROR", "").encode())
+    return digest.hexdigest()[:16]
+
+
+def build():
+    image_dir = CACHE / "images" / image_key()
+    if (image_dir / "base.qcow2").exists():
+        return image_dir
+    image_dir.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    subprocess.run([str(HERE / "build-image.sh"), str(image_dir)], check=True)
+    print("lab: image built in %.0f s" % (time.monotonic() - started), file=sys.stderr)
+    for stale in image_dir.parent.iterdir():
+        if stale != image_dir and not stale.name.startswith(image_dir.name):
+            shutil.rmtree(stale, ignore_errors=True)
+    return image_dir
+
+
+def run_dir(name):
+    return CACHE / "run" / name
+
+
+def load_info(name):
+    info_file = run_dir(name) / "vm.json"
+    if not info_file.exists():
+        raise LabError("lab VM %s is not running (no %s)" % (name, info_file))
+    return json.loads(info_file.read_text())
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def ssh_argv(info, *command):
+    return [
+        "ssh", "-q", "-p", str(info["port"]), "-i", info["key"],
+        "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+        "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=10",
+        "root@127.0.0.1", *command,
+    ]
+
+
+def qemu_argv(info, image_dir):
+    append = "root=/dev/vda rw console=ttyS0 net.ifnames=0 " + KERNEL_ARGS[info["lsm"]]
+    if info["iommu"]:
+        append += " intel_iommu=on"
+    argv = [
+        "qemu-system-x86_64", "-machine", "q35,accel=tcg,kernel-irqchip=split",
+        "-cpu", "max", "-smp", "2", "-m", MEMORY_MB,
+        "-kernel", str(image_dir / "vmlinuz"), "-initrd", str(image_dir / "initrd.img"),
+        "-append", append,
+        "-drive", "file=%s,if=virtio,format=qcow2" % info["overlay"],
+        "-netdev", "user,id=n0,hostfwd=tcp:127.0.0.1:%d-:22" % info["port"],
+        "-device", "virtio-net-pci,netdev=n0",
+        "-device", "edu",
+        "-display", "none", "-serial", "file:%s" % info["serial"],
+        "-pidfile", info["pidfile"], "-daemonize",
+    ]
+    if info["iommu"]:
+        argv[argv.index("-smp"):argv.index("-smp")] = [
+            "-device", "intel-iommu,intremap=on,caching-mode=on"]
+    return argv
+
+
+def serial_tail(info, lines=40):
+    try:
+        text = Path(info["serial"]).read_text(errors="replace")
+    except OSError:
+        return "(no serial console output)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def qemu_alive(info):
+    try:
+        pid = int(Path(info["pidfile"]).read_text())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def wait_for_ssh(info, started):
+    deadline = started + BOOT_TIMEOUT
+    while time.monotonic() < deadline:
+        if not qemu_alive(info):
+            raise LabError("lab VM %s: QEMU exited during boot. Serial console tail:\n%s"
+                           % (info["name"], serial_tail(info)))
+        probe = subprocess.run(ssh_argv(info, "true"), capture_output=True, timeout=60)
+        if probe.returncode == 0:
+            return time.monotonic() - started
+        time.sleep(2)
+    raise LabError("lab VM %s did not answer SSH on 127.0.0.1:%d within %d s. "
+                   "Serial console tail:\n%s"
+                   % (info["name"], info["port"], BOOT_TIMEOUT, serial_tail(info)))
+
+
+def start_qemu(info, image_dir):
+    Path(info["serial"]).unlink(missing_ok=True)
+    started = time.monotonic()
+    subprocess.run(qemu_argv(info, image_dir), check=True)
+    try:
+        info["boot_seconds"] = round(wait_for_ssh(info, started), 1)
+    except LabError:
+        kill_qemu(info)
+        raise
+
+
+def boot(name, lsm, iommu):
+    image_dir = build()
+    directory = run_dir(name)
+    if directory.exists():
+        stop(name)
+    directory.mkdir(parents=True)
+    info = {
+        "name": name, "lsm": lsm, "iommu": iommu, "host": "127.0.0.1", "port": free_port(),
+        "key": str(image_dir / "id_ed25519"), "image": str(image_dir),
+        "overlay": str(directory / "disk.qcow2"), "serial": str(directory / "serial.log"),
+        "pidfile": str(directory / "qemu.pid"),
+    }
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2",
+                    "-b", str(image_dir / "base.qcow2"), info["overlay"]], check=True)
+    start_qemu(info, image_dir)
+    (directory / "vm.json").write_text(json.dumps(info, indent=2))
+    return info
+
+
+def reboot(name):
+    info = load_info(name)
+    subprocess.run(ssh_argv(info, "systemctl", "poweroff"), capture_output=True, timeout=60)
+    deadline = time.monotonic() + 120
+    while qemu_alive(info) and time.monotonic() < deadline:
+        time.sleep(1)
+    kill_qemu(info)
+    start_qemu(info, Path(info["image"]))
+    (run_dir(name) / "vm.json").write_text(json.dumps(info, indent=2))
+    return info
+
+
+def kill_qemu(info):
+    try:
+        pid = int(Path(info["pidfile"]).read_text())
+    except (OSError, ValueError):
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(50):
+            os.kill(pid, 0)
+            time.sleep(0.1)
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def stop(name):
+    directory = run_dir(name)
+    info_file = directory / "vm.json"
+    if info_file.exists():
+        kill_qemu(json.loads(info_file.read_text()))
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("build")
+    boot_parser = sub.add_parser("boot")
+    boot_parser.add_argument("name")
+    boot_parser.add_argument("--lsm", choices=sorted(KERNEL_ARGS), default="selinux")
+    boot_parser.add_argument("--no-iommu", dest="iommu", action="store_false")
+    for command in ("reboot", "stop", "info"):
+        sub.add_parser(command).add_argument("name")
+    ssh_parser = sub.add_parser("ssh")
+    ssh_parser.add_argument("name")
+    ssh_parser.add_argument("cmd", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "build":
+            print(build())
+        elif args.command == "boot":
+            print(json.dumps(boot(args.name, args.lsm, args.iommu), indent=2))
+        elif args.command == "reboot":
+            print(json.dumps(reboot(args.name), indent=2))
+        elif args.command == "stop":
+            stop(args.name)
+        elif args.command == "info":
+            print(json.dumps(load_info(args.name), indent=2))
+        elif args.command == "ssh":
+            return subprocess.run(ssh_argv(load_info(args.name), *args.cmd)).returncode
+    except LabError as exc:
+        print("lab: %s" % exc, file=sys.stderr)
+        return 1
+    except subprocess.CalledProcessError as exc:
+        print("lab: %s failed with exit code %d" % (exc.cmd[0], exc.returncode), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""The host-facts readers against fake /proc and /sys trees shaped like real captures."""
+
+import os
+
+import pytest
+
+from ansible_collections.kvmsec.hardening.plugins.module_utils import _host_facts
+
+INTEL_CPUINFO = """processor\t: 0
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R) Gold 6230 CPU @ 2.10GHz
+flags\t\t: fpu vme vmx smx est smep smap umip md_clear ssbd ibrs ibpb stibp
+"""
+TCG_CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+model name\t: QEMU TCG CPU version 2.5+
+flags\t\t: fpu vme sse2 smep smap umip pku
+"""
+
+
+def make_tree(tmp_path, files):
+    for relative, content in files.items():
+        path = tmp_path / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content)
+    return str(tmp_path)
+
+
+@pytest.fixture
+def kvm_host(tmp_path):
+    return make_tree(tmp_path, {
+        "proc/cpuinfo": INTEL_CPUINFO,
+        "proc/cmdline": "BOOT_IMAGE=/vmlinuz root=/dev/vda intel_iommu=on iommu=pt\n",
+        "proc/self/mounts": "cgroup2 /sys/fs/cgroup cgroup2 rw,nosuid 0 0\n",
+        "sys/kernel/security/lsm": "lockdown,capability,landlock,yama,selinux,bpf",
+        "sys/fs/selinux/enforce": "1",
+        "sys/kernel/iommu_groups/0/devices/.keep": "",
+        "sys/kernel/iommu_groups/1/devices/.keep": "",
+        "sys/devices/system/cpu/vulnerabilities/spectre_v2": "Mitigation: Enhanced IBRS\n",
+        "dev/kvm": "",
+        "usr/bin/qemu-system-x86_64": "",
+        "usr/sbin/libvirtd": "",
+    })
+
+
+def test_gather_reads_a_hardware_kvm_host(kvm_host):
+    facts = _host_facts.gather(kvm_host)
+    assert facts["cpu"] == {
+        "vendor": "intel",
+        "model": "Intel(R) Xeon(R) Gold 6230 CPU @ 2.10GHz",
+        "hw_virtualization": ["intel"],
+        "security_flags": ["ibpb", "ibrs", "md_clear", "smap", "smep", "ssbd", "stibp", "umip"],
+    }
+    assert facts["selinux"] == "enforcing"
+    assert facts["apparmor"] is False
+    assert facts["cgroup_version"] == 2
+    assert facts["iommu_groups"] == 2
+    assert "intel_iommu=on" in facts["kernel_cmdline"]
+    assert facts["vulnerabilities"] == {"spectre_v2": "Mitigation: Enhanced IBRS"}
+    assert facts["qemu_binary"] == "/usr/bin/qemu-system-x86_64"
+    assert facts["libvirtd_binary"] == "/usr/sbin/libvirtd"
+    assert _host_facts.readiness_problems(facts, allow_emulation=False) == []
+
+
+def test_emulated_lab_host_needs_allow_emulation(tmp_path):
+    root = make_tree(tmp_path, {
+        "proc/cpuinfo": TCG_CPUINFO,
+        "proc/self/mounts": "tmpfs /sys/fs/cgroup tmpfs ro 0 0\n",
+        "sys/kernel/security/lsm": "capability,apparmor",
+        "sys/module/apparmor/parameters/enabled": "Y\n",
+        "usr/libexec/qemu-kvm": "",
+        "usr/sbin/virtqemud": "",
+    })
+    facts = _host_facts.gather(root)
+    assert facts["cpu"]["hw_virtualization"] == []
+    assert facts["apparmor"] is True and facts["selinux"] == "disabled"
+    assert facts["cgroup_version"] == 1
+    assert facts["iommu_groups"] == 0
+    problems = _host_facts.readiness_problems(facts, allow_emulation=False)
+    assert len(problems) == 1 and "no vmx/svm flag" in problems[0]
+    assert _host_facts.readiness_problems(facts, allow_emulation=True) == []
+
+
+def test_missing_kvm_device_and_software_is_reported(tmp_path):
+    root = make_tree(tmp_path, {"proc/cpuinfo": INTEL_CPUINFO})
+    problems = _host_facts.readiness_problems(_host_facts.gather(root), allow_emulation=False)
+    assert [p.split(" (")[0] for p in problems] == [
+        "no QEMU system emulator", "no libvirt daemon", "/dev/kvm is missing: load kvm_intel or kvm_amd"]
+
+
+def test_permissive_selinux(tmp_path):
+    assert _host_facts.selinux_mode(make_tree(tmp_path, {"sys/fs/selinux/enforce": "0"})) == "permissive"
+
+
+def test_gather_on_this_machine_is_consistent():
+    """The real /proc and /sys of the machine running the tests."""
+    facts = _host_facts.gather()
+    assert facts["kvm_device"] == os.path.exists("/dev/kvm")
+    assert facts["cgroup_version"] in (1, 2)
+    assert facts["kernel_cmdline"] == open("/proc/cmdline").read().split()
