@@ -292,6 +292,498 @@ class Host(object):
         version, mount = self.locate(controller)
         groups = self.process_cgroups(pid)
         path = groups.get(V1_NAMES[controller] if version == 1 else "")
-        return None if path is None else os.path.join(mount, path.lstrip("/"))
+        return None if path is None else os.path.normpath(os.path.join(mount, path.lstrip("/")))
 
 
+# ---------------------------------------------------------------- the desired state
+
+def desired(guest):
+    """The values a guest entry asks for: [(key, kind, device path or None, value)]."""
+    wanted = []
+    for kind in ("io_weight", "cpu_weight"):
+        if guest.get(kind) is not None:
+            wanted.append((kind, kind, None, guest[kind]))
+    for device in guest.get("devices") or []:
+        for option in ("weight",) + THROTTLES:
+            if device.get(option) is not None:
+                kind = "device_weight" if option == "weight" else option
+                wanted.append(("%s[%s]" % (kind, device["path"]), kind, device["path"],
+                               device[option]))
+    return wanted
+
+
+def validate_entry(guest):
+    """Checks that need no host: the scale and non-negative throttles."""
+    for kind in ("io_weight", "cpu_weight"):
+        _check_scale(guest["name"], kind, guest.get(kind))
+    for device in guest.get("devices") or []:
+        _check_scale(guest["name"], "weight of %s" % device["path"], device.get("weight"))
+        for kind in THROTTLES:
+            if (device.get(kind) or 0) < 0:
+                raise CgroupWeightError("guest %s: %s of %s must be 0 (no limit) or more"
+                                        % (guest["name"], kind, device["path"]))
+
+
+def _check_scale(guest, option, value):
+    if value is not None and not SCALE_MIN <= value <= SCALE_MAX:
+        raise CgroupWeightError("guest %s: %s %s is outside the weight scale %d-%d (default %d)"
+                                % (guest, option, value, SCALE_MIN, SCALE_MAX, SCALE_DEFAULT))
+
+
+class Setting(object):
+    """One value of one guest in one place: what is there now and what should be."""
+
+    def __init__(self, guest, key, kind, scope, where, before, after, **extra):
+        self.guest = guest
+        self.key = key
+        self.kind = kind
+        self.scope = scope
+        self.where = where
+        self.before = before
+        self.after = after
+        self.requested = extra.get("requested")
+        self.device = extra.get("device")
+        self.number = extra.get("number")
+        self.weight_file = extra.get("weight_file")
+
+    @property
+    def changed(self):
+        return self.before != self.after
+
+    def as_dict(self):
+        return {"key": self.key, "scope": self.scope, "where": self.where,
+                "requested": self.requested, "before": self.before, "after": self.after,
+                "changed": self.changed}
+
+
+def _device_where(io_file, version, kind):
+    if kind == "device_weight":
+        return io_file.device_file
+    return V1_THROTTLE_FILES[kind] if version == 1 else "io.max"
+
+
+def check_device_weight(host, weight_file, guest, path, number, value):
+    """The host value of a per-device weight; the kernel takes BFQ ones only on bfq disks."""
+    scheduler = host.scheduler(number)
+    if weight_file.bfq and scheduler != "bfq":
+        raise CgroupWeightError(
+            "guest %s: a per-device weight for %s needs the bfq scheduler (it lands in %s), but "
+            "the device uses %s; switch it to bfq (/sys/block/%s/queue/scheduler) or leave the "
+            "device weight out" % (guest, path, weight_file.device_file, scheduler,
+                                   os.path.basename(os.path.realpath(
+                                       os.path.join(host.sys_root, "dev", "block", number)))))
+    return weight_file.checked(value, guest, "weight of %s" % path)
+
+
+# ---------------------------------------------------------------- libvirt domains
+
+def _libvirt_devices(text):
+    """libvirt's ``path,value,path,value`` -> {path: value}."""
+    items = [item for item in (text or "").split(",") if item != ""]
+    return dict((items[i], int(items[i + 1])) for i in range(0, len(items) - 1, 2))
+
+
+def _libvirt_param(kind):
+    return {"io_weight": "weight", "cpu_weight": "cpu_shares",
+            "device_weight": "device_weight"}.get(kind, "device_" + kind)
+
+
+class DomainTarget(object):
+    """A libvirt domain, reached through an open connection and the ``libvirt`` module."""
+
+    target = "domain"
+
+    def __init__(self, conn, libvirt, guest, host, scope):
+        self.libvirt = libvirt
+        self.host = host
+        self.spec = guest
+        self.dom = self._lookup(conn, guest["name"])
+        self.name = self.dom.name()
+        self.scopes = self._scopes(scope)
+
+    def _lookup(self, conn, name):
+        try:
+            if UUID_RE.match(name):
+                return conn.lookupByUUIDString(name)
+            return conn.lookupByName(name)
+        except self.libvirt.libvirtError:
+            known = sorted(dom.name() for dom in conn.listAllDomains(0))
+            raise CgroupWeightError("unknown guest %s: no libvirt domain of that name or UUID on "
+                                    "%s; known guests: %s"
+                                    % (name, conn.getURI(), ", ".join(known) or "none"))
+
+    def _scopes(self, scope):
+        active, persistent = self.dom.isActive(), self.dom.isPersistent()
+        if scope == "live" and not active:
+            raise CgroupWeightError("guest %s is not running: scope live needs a running domain "
+                                    "(use config or both)" % self.name)
+        if scope == "config" and not persistent:
+            raise CgroupWeightError("guest %s is transient: it has no persistent config (use "
+                                    "live or both)" % self.name)
+        scopes = []
+        if scope in ("config", "both") and persistent:
+            scopes.append("config")
+        if scope in ("live", "both") and active:
+            scopes.append("live")
+        return scopes
+
+    def flag(self, scope):
+        return (self.libvirt.VIR_DOMAIN_AFFECT_LIVE if scope == "live"
+                else self.libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+
+    def live_dir(self, controller):
+        """The domain's own cgroup: libvirt keeps the QEMU main thread in ``emulator`` below it."""
+        if "live" not in self.scopes:
+            return None
+        text = read_file(os.path.join(self.host.libvirt_pid_dir, self.name + ".pid"), "")
+        path = self.host.cgroup_dir(int(text), controller) if text.strip().isdigit() else None
+        if path and os.path.basename(path) == "emulator":
+            path = os.path.dirname(path)
+        return path
+
+    def current(self, scope):
+        blkio = self.dom.blkioParameters(self.flag(scope))
+        sched = self.dom.schedulerParametersFlags(self.flag(scope))
+        values = {"io_weight": blkio.get("weight"), "cpu_weight": sched.get("cpu_shares")}
+        for kind in ("device_weight",) + THROTTLES:
+            values[kind] = _libvirt_devices(blkio.get(_libvirt_param(kind)))
+        return values
+
+    def plan(self):
+        io_version = self.host.locate("io")[0]
+        files = {"io": self.host.io_file(io_version, self.live_dir("io")),
+                 "cpu": self.host.cpu_file(self.host.locate("cpu")[0])}
+        dirs = {"io": self.live_dir("io"), "cpu": self.live_dir("cpu")}
+        settings = []
+        for scope in self.scopes:
+            current = self.current(scope)
+            for key, kind, path, value in desired(self.spec):
+                controller = "cpu" if kind == "cpu_weight" else "io"
+                if kind in ("io_weight", "cpu_weight"):
+                    filename = files[controller].name
+                    after = files[controller].checked(value, self.name, kind)
+                    before, number = current[kind], None
+                else:
+                    filename = _device_where(files["io"], io_version, kind)
+                    after, before, number = self._device(files["io"], current, kind, path, value)
+                where = "domain XML (libvirt %s)" % _libvirt_param(kind)
+                if scope == "live":
+                    where = os.path.join(dirs[controller], filename) if dirs[controller] \
+                        else "libvirt %s (live)" % _libvirt_param(kind)
+                settings.append(Setting(self.name, key, kind, scope, where, before, after,
+                                        requested=value, device=path, number=number,
+                                        weight_file=files[controller]))
+        return settings
+
+    def _device(self, io_file, current, kind, path, value):
+        number = self.host.device(path)
+        if kind == "device_weight":
+            if io_file is IO_V1_BFQ:
+                raise CgroupWeightError(
+                    "guest %s: per-device weight for %s is not supported on this host: libvirt "
+                    "writes per-device weights on cgroup v1 only to blkio.weight_device (CFQ), "
+                    "and this host uses BFQ (blkio.bfq.weight_device); use io_weight, or "
+                    "cgroup v2" % (self.name, path))
+            value = check_device_weight(self.host, io_file, self.name, path, number, value)
+        before = 0
+        for known_path, known_value in current[kind].items():
+            if known_path == path or self._same_device(known_path, number):
+                before = known_value
+        return value, before, number
+
+    def _same_device(self, path, number):
+        try:
+            return self.host.device(path) == number
+        except CgroupWeightError:
+            return False
+
+    def write(self, settings, use_before=False):
+        for scope in ("config", "live"):
+            blkio, sched = {}, {}
+            for setting in (s for s in settings if s.scope == scope):
+                value = setting.before if use_before else setting.after
+                param = _libvirt_param(setting.kind)
+                if setting.kind == "cpu_weight":
+                    sched[param] = value
+                elif setting.kind == "io_weight":
+                    blkio[param] = value
+                else:
+                    entry = "%s,%d" % (setting.device, value)
+                    blkio[param] = blkio[param] + "," + entry if param in blkio else entry
+            if blkio:
+                self.dom.setBlkioParameters(blkio, self.flag(scope))
+            if sched:
+                self.dom.setSchedulerParametersFlags(sched, self.flag(scope))
+
+
+# ---------------------------------------------------------------- bare QEMU processes
+
+def qemu_name(argv):
+    """The guest name in a QEMU command line (``-name N`` or ``-name guest=N,...``), or None."""
+    if not argv or not os.path.basename(argv[0]).startswith(("qemu-system", "qemu-kvm")):
+        return None
+    for index, arg in enumerate(argv[:-1]):
+        if arg in ("-name", "--name"):
+            parts = argv[index + 1].split(",")
+            for part in parts:
+                if part.startswith("guest="):
+                    return part[len("guest="):]
+            return parts[0] if "=" not in parts[0] else None
+    return None
+
+
+def qemu_processes(proc_root="/proc"):
+    """{pid: guest name} of the QEMU processes running on this host."""
+    found = {}
+    for entry in os.listdir(proc_root):
+        if entry.isdigit():
+            name = qemu_name(read_file(os.path.join(proc_root, entry, "cmdline"), "").split("\0"))
+            if name is not None:
+                found[int(entry)] = name
+    return found
+
+
+class ProcessTarget(object):
+    """A QEMU process outside libvirt, moved into a named cgroup in each hierarchy it needs."""
+
+    target = "process"
+
+    def __init__(self, guest, host):
+        self.host = host
+        self.spec = guest
+        self.name = guest["name"]
+        self.pid = self._find(guest)
+        self.cgroup = (guest.get("cgroup") or "kvmsec/" + self.name).strip("/")
+        if not self.cgroup or ".." in self.cgroup.split("/"):
+            raise CgroupWeightError("guest %s: cgroup %r is not a relative cgroup path"
+                                    % (self.name, guest.get("cgroup")))
+        self.created = []
+        self.enabled = []
+        self.moved = []
+        self.written = []
+
+    def _find(self, guest):
+        running = qemu_processes(self.host.proc_root)
+        listing = ", ".join("%s (pid %d)" % (name, pid) for pid, name in sorted(running.items()))
+        if guest.get("pid"):
+            pids = [pid for pid in running if pid == guest["pid"]]
+            missing = "pid %d is not a running QEMU process" % guest["pid"]
+        else:
+            pids = sorted(pid for pid, name in running.items() if name == guest["name"])
+            missing = "no QEMU process runs with -name %s" % guest["name"]
+        if not pids:
+            raise CgroupWeightError("unknown guest %s: %s; known guests: %s"
+                                    % (guest["name"], missing, listing or "none"))
+        if len(pids) > 1:
+            raise CgroupWeightError("guest %s is ambiguous: QEMU processes %s all use that name; "
+                                    "give pid" % (guest["name"], ", ".join(map(str, pids))))
+        pid_file = os.path.join(self.host.libvirt_pid_dir, running[pids[0]] + ".pid")
+        if read_file(pid_file, "").strip() == str(pids[0]):
+            raise CgroupWeightError("guest %s (pid %d) is managed by libvirt: use target domain, "
+                                    "so libvirt keeps its cgroups" % (guest["name"], pids[0]))
+        return pids[0]
+
+    def directory(self, controller):
+        return os.path.join(self.host.locate(controller)[1], self.cgroup)
+
+    def plan(self):
+        wanted = desired(self.spec)
+        controllers = sorted(set("cpu" if kind == "cpu_weight" else "io"
+                                 for _key, kind, _path, _value in wanted))
+        settings = [self._membership(controller) for controller in controllers]
+        settings.extend(self._setting(*item) for item in wanted)
+        return settings
+
+    def _membership(self, controller):
+        version, mount = self.host.locate(controller)
+        if version == 2:
+            enabled = read_file(os.path.join(mount, "cgroup.subtree_control"), "").split()
+            if controller not in enabled:
+                raise CgroupWeightError(
+                    "the %s controller is not enabled for child cgroups of %s (its "
+                    "cgroup.subtree_control has: %s); systemd enables it on systemd hosts"
+                    % (controller, mount, " ".join(enabled) or "nothing"))
+        directory = self.directory(controller)
+        return Setting(self.name, "cgroup %s" % controller, "member", "live",
+                       os.path.join(directory, "cgroup.procs"),
+                       self.host.cgroup_dir(self.pid, controller), directory)
+
+    def _setting(self, key, kind, path, value):
+        controller = "cpu" if kind == "cpu_weight" else "io"
+        version = self.host.locate(controller)[0]
+        directory = self.directory(controller)
+        weight_file = (self.host.cpu_file(version) if controller == "cpu"
+                       else self.host.io_file(version, directory))
+        if kind in ("io_weight", "cpu_weight"):
+            where = os.path.join(directory, weight_file.name)
+            before = parse_weights(read_file(where, ""))[0]
+            return Setting(self.name, key, kind, "live", where, before,
+                           weight_file.checked(value, self.name, kind), requested=value,
+                           weight_file=weight_file)
+        number = self.host.device(path)
+        where = os.path.join(directory, _device_where(weight_file, version, kind))
+        if kind == "device_weight":
+            after = check_device_weight(self.host, weight_file, self.name, path, number, value)
+            current = parse_weights(read_file(where, ""))[1]
+        elif version == 1:
+            after, current = value, parse_v1_throttle(read_file(where, ""))
+        else:
+            after = value
+            current = dict((dev, limits.get(kind, 0)) for dev, limits in
+                           parse_io_max(read_file(where, "")).items())
+        return Setting(self.name, key, kind, "live", where, current.get(number, 0), after,
+                       requested=value, device=path, number=number, weight_file=weight_file)
+
+    def write(self, settings, use_before=False):
+        if use_before:
+            self._undo()
+            return
+        for setting in settings:
+            if setting.kind == "member":
+                self._make(setting.after)
+                _write(setting.where, str(self.pid))
+                self.moved.append(setting)
+        for setting in settings:
+            if setting.kind != "member":
+                self.written.append(setting)
+                self._write_value(setting, setting.after)
+
+    def _make(self, directory):
+        mount = directory[:-len(self.cgroup)].rstrip("/")
+        parts = self.cgroup.split("/")
+        for depth in range(1, len(parts) + 1):
+            path = os.path.join(mount, *parts[:depth])
+            if not os.path.isdir(path):
+                os.mkdir(path)
+                self.created.append(path)
+            if mount == self.host.v2 and depth < len(parts):
+                self._delegate(path)
+
+    def _delegate(self, path):
+        """cgroup v2 offers a controller's files to a child only if its parent delegates it."""
+        enabled = read_file(os.path.join(path, "cgroup.subtree_control"), "").split()
+        for controller in ("io", "cpu"):
+            if (path, controller) in self.enabled or controller in enabled:
+                continue
+            if controller in self.host.v2_controllers(path):
+                _write(os.path.join(path, "cgroup.subtree_control"), "+" + controller)
+                self.enabled.append((path, controller))
+
+    @staticmethod
+    def _write_value(setting, value):
+        if setting.kind in ("io_weight", "cpu_weight"):
+            content = str(value)
+        elif setting.where.endswith("io.max"):
+            content = "%s %s=%s" % (setting.number, V2_THROTTLE_KEYS[setting.kind], value or "max")
+        else:
+            content = "%s %d" % (setting.number, value)
+        _write(setting.where, content)
+
+    def _undo(self):
+        """Every step is tried even if one fails, so one failure does not strand the rest."""
+        steps = [(self._write_value, (setting, setting.before)) for setting in self.written
+                 if setting.before is not None and os.path.exists(setting.where)]
+        steps += [(_write, (os.path.join(setting.before, "cgroup.procs"), str(self.pid)))
+                  for setting in self.moved if setting.before]
+        steps += [(_write, (os.path.join(path, "cgroup.subtree_control"), "-" + controller))
+                  for path, controller in reversed(self.enabled)]
+        steps += [(os.rmdir, (path,)) for path in reversed(self.created)]
+        problems = []
+        for step, args in steps:
+            try:
+                step(*args)
+            except (IOError, OSError, CgroupWeightError) as exc:
+                problems.append(str(exc))
+        self.written, self.moved, self.enabled, self.created = [], [], [], []
+        if problems:
+            raise CgroupWeightError("; ".join(problems))
+
+
+def _write(path, content):
+    """cgroupfs files take one write(2) each: no temp file and rename, unlike regular files."""
+    try:
+        with open(path, "w") as handle:
+            handle.write(content + "\n")
+    except (IOError, OSError) as exc:
+        raise CgroupWeightError("writing %r to %s failed: %s"
+                                % (content, path, exc.strerror or exc))
+
+
+# ---------------------------------------------------------------- plan, apply, report
+
+def build_targets(guests, host, scope, connect):
+    """A target per guest entry; ``connect()`` -> (conn, libvirt) only if a domain is listed."""
+    targets, conn, libvirt = [], None, None
+    for guest in guests:
+        validate_entry(guest)
+        if guest.get("target", "domain") == "process":
+            targets.append(ProcessTarget(guest, host))
+            continue
+        if conn is None:
+            conn, libvirt = connect()
+        targets.append(DomainTarget(conn, libvirt, guest, host, scope))
+    names = [target.name for target in targets]
+    duplicates = sorted(set(name for name in names if names.count(name) > 1))
+    if duplicates:
+        raise CgroupWeightError("guests listed more than once: %s" % ", ".join(duplicates))
+    return targets
+
+
+def plan(targets):
+    """[(target, [Setting])] for every target; raises before anything is written."""
+    return [(target, target.plan()) for target in targets]
+
+
+def notes(host, planned):
+    """Weights that the host's block schedulers ignore: worth a warning, not a failure."""
+    result = []
+    weighted = [s for _t, settings in planned for s in settings
+                if s.kind == "io_weight" and s.weight_file.bfq]
+    if weighted and not host.bfq_in_use():
+        result.append("I/O weights land in %s, but no block device on this host uses the bfq "
+                      "scheduler, so they take effect only once one does"
+                      % weighted[0].weight_file.name)
+    return result
+
+
+def apply(planned):
+    """Write what differs; on any failure restore everything written so far and re-raise."""
+    done = []
+    try:
+        for target, settings in planned:
+            changes = [setting for setting in settings if setting.changed]
+            if changes:
+                done.append((target, changes))
+                target.write(changes)
+    except Exception as exc:
+        problems = _restore(done)
+        if problems:
+            raise CgroupWeightError("%s; restoring the previous values also failed: %s"
+                                    % (exc, "; ".join(problems)))
+        raise
+
+
+def _restore(done):
+    problems = []
+    for target, changes in reversed(done):
+        try:
+            target.write(changes, use_before=True)
+        except Exception as exc:  # pylint: disable=broad-except
+            problems.append("guest %s: %s" % (target.name, exc))
+    return problems
+
+
+def report(planned):
+    """(changed, per-guest results, diff) for the module."""
+    guests, before, after = [], {}, {}
+    for target, settings in planned:
+        entry = {"name": target.name, "target": target.target,
+                 "changed": any(s.changed for s in settings),
+                 "settings": [s.as_dict() for s in settings]}
+        if target.target == "process":
+            entry["pid"] = target.pid
+        guests.append(entry)
+        before[target.name] = dict(("%s %s" % (s.scope, s.key), s.before) for s in settings)
+        after[target.name] = dict(("%s %s" % (s.scope, s.key), s.after) for s in settings)
+    changed = any(entry["changed"] for entry in guests)
+    return changed, guests, {"before": before, "after": after}

@@ -36,7 +36,7 @@ def cpu_info(root="/"):
     vendor = model = ""
     flags = set()
     for line in _read(root, "proc/cpuinfo").splitlines():
-        key, _, value = line.partition(":")
+        key, dummy, value = line.partition(":")
         key = key.strip()
         if key == "vendor_id" and not vendor:
             vendor = value.strip()
@@ -147,4 +147,3 @@ def readiness_problems(facts, allow_emulation):
         else:
             problems.append("/dev/kvm is missing: load kvm_intel or kvm_amd")
     return problems
-

@@ -19,7 +19,7 @@ description:
     mitigation state, and where QEMU and the libvirt daemon are installed.
   - Optionally fails with the reasons when the host cannot run KVM guests.
   - Changes nothing on the host.
-author: kvmsec.hardening developers
+author: kvmsec.hardening developers (@kvmsec)
 options:
   require_kvm_host:
     description:

@@ -1,5 +1,6 @@
-#!/usr/bin/env python3
 """The lab: disposable Debian 12 KVM host VMs with SELinux enforcing, booted under QEMU TCG.
+
+    python3 tests/lab/kvmlab.py COMMAND ...
 
     kvmlab.py build                      build (or reuse) the cached base image, print its dir
     kvmlab.py boot NAME [--lsm apparmor] [--no-iommu]
@@ -137,7 +138,7 @@ def wait_for_ssh(info, started):
         if not qemu_alive(info):
             raise LabError("lab VM %s: QEMU exited during boot. Serial console tail:\n%s"
                            % (info["name"], serial_tail(info)))
-        probe = subprocess.run(ssh_argv(info, "true"), capture_output=True, timeout=60)
+        probe = subprocess.run(ssh_argv(info, "true"), capture_output=True, timeout=60, check=False)
         if probe.returncode == 0:
             return time.monotonic() - started
         time.sleep(2)
@@ -178,7 +179,8 @@ def boot(name, lsm, iommu):
 
 def reboot(name):
     info = load_info(name)
-    subprocess.run(ssh_argv(info, "systemctl", "poweroff"), capture_output=True, timeout=60)
+    subprocess.run(ssh_argv(info, "systemctl", "poweroff"), capture_output=True, timeout=60,
+                   check=False)
     deadline = time.monotonic() + 120
     while qemu_alive(info) and time.monotonic() < deadline:
         time.sleep(1)
@@ -195,7 +197,7 @@ def kill_qemu(info):
         return
     try:
         os.kill(pid, signal.SIGTERM)
-        for _ in range(50):
+        for dummy in range(50):
             os.kill(pid, 0)
             time.sleep(0.1)
         os.kill(pid, signal.SIGKILL)
@@ -237,7 +239,7 @@ def main(argv=None):
         elif args.command == "info":
             print(json.dumps(load_info(args.name), indent=2))
         elif args.command == "ssh":
-            return subprocess.run(ssh_argv(load_info(args.name), *args.cmd)).returncode
+            return subprocess.run(ssh_argv(load_info(args.name), *args.cmd), check=False).returncode
     except LabError as exc:
         print("lab: %s" % exc, file=sys.stderr)
         return 1

@@ -1,0 +1,921 @@
+# -*- coding: utf-8 -*-
+# Copyright: kvmsec.hardening contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""LUKS encryption of qcow2 images, done safely. Private to the collection: not a public API.
+
+``ensure(run, request, host, check_mode)`` is the whole job of the qcow2_encrypt module:
+inspect the image, decide what has to change (plan), and unless in check mode apply it:
+``qemu-img convert`` to a temporary file beside the image, ``qemu-img compare`` of both
+images opened with their secrets, owner/mode/SELinux label copied, fsync, atomic rename.
+
+Passphrases reach QEMU only as ``--object secret,file=...`` pointing into a private 0700
+directory on tmpfs (files 0600, removed afterwards): never argv, never the result.
+While the original is being replaced, a POSIX lock on the byte QEMU uses to announce
+"I do not share write access" keeps any QEMU (a guest being started) from opening it for
+writing, so no guest write can land in a file that is about to be renamed away.
+
+libvirt is reached through ``LibvirtHost``, which wraps a libvirt-python module object that
+the caller imported; nothing here imports libvirt or Ansible.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import errno
+import fcntl
+import io
+import json
+import os
+import re
+import shutil
+import struct
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+
+from ansible_collections.kvmsec.hardening.plugins.module_utils._command import CommandError, checked
+from ansible_collections.kvmsec.hardening.plugins.module_utils._files import copy_attributes, fsync_dir
+
+QEMU_IMG = "qemu-img"
+QEMU_IO = "qemu-io"
+
+LOCK_ERROR = re.compile(r'Failed to get (?:shared )?"[^"]+" lock')
+WRONG_PASSPHRASE = "Invalid password, cannot unlock any keyslot"
+# QEMU's PBKDF2 calibration reads per-thread CPU time; with coarse accounting a short probe
+# measures 0 ms and QEMU gives up. The next attempt usually succeeds (about 1 in 3 fail here).
+CALIBRATION_ERROR = "Unable to get accurate CPU usage"
+CALIBRATION_ATTEMPTS = 12
+
+CIPHER_KEYS = ("cipher_alg", "cipher_mode", "ivgen_alg", "hash_alg")
+CIPHER_DEFAULTS = {"cipher_alg": "aes-256", "cipher_mode": "xts", "ivgen_alg": "plain64",
+                   "hash_alg": "sha256"}
+CIPHER_CHOICES = {
+    "cipher_alg": ("aes-128", "aes-192", "aes-256", "serpent-128", "serpent-192", "serpent-256",
+                   "twofish-128", "twofish-192", "twofish-256"),
+    "cipher_mode": ("xts", "cbc", "ctr"),
+    "ivgen_alg": ("plain64", "essiv"),
+    "hash_alg": ("sha256", "sha384", "sha512"),
+}
+DEFAULT_ITER_TIME = 2000
+
+# qemu-img convert: 8 coroutines is QEMU's default; out-of-order writes (-W) let them finish
+# independently (measured by tests/benchmarks/bench_qcow2_encrypt.py, see docs/benchmarks.md)
+CONVERT_PARALLEL = ("-m", "8", "-W")
+
+NEW_KEY = "kvmsec_new"
+OLD_KEY = "kvmsec_old"
+TEMP_MARK = ".kvmsec-encrypt."
+SECRET_DIR_PREFIX = "kvmsec-qcow2-encrypt."
+# QEMU's image locking (block/file-posix.c): a shared lock on byte 200 + permission bit means
+# "I do not share this permission"; BLK_PERM_WRITE is bit 1. QEMU refuses write access while
+# anyone holds it.
+QEMU_UNSHARE_WRITE_BYTE = 201
+QCOW2_MAGIC = b"QFI\xfb"
+# A sector of random bytes shows ~221 distinct values (sd ~5); real disk data far fewer.
+RANDOM_SECTOR_DISTINCT = 190
+AES_SAMPLE_EXTENTS = 4
+AES_SAMPLE_BYTES = 65536
+
+
+class Qcow2EncryptError(Exception):
+    """A refusal or bad input; the message says what is wrong and how to fix it."""
+
+
+class ImageInUse(Qcow2EncryptError):
+    def __init__(self, message, users):
+        super(ImageInUse, self).__init__(message)
+        self.users = users
+
+
+class Request(object):
+    """What the user asked for, validated by the caller. Passphrases are bytes."""
+
+    def __init__(self, path, passphrase, state="encrypted", old_passphrase=None, cipher=None,
+                 iter_time=DEFAULT_ITER_TIME, backup=True, flatten=False, when_in_use="fail",
+                 secret_uuid=None, attach_domains=True):
+        self.path = path
+        self.passphrase = passphrase
+        self.state = state
+        self.old_passphrase = old_passphrase
+        self.cipher = dict((k, v) for k, v in (cipher or {}).items() if v is not None)
+        self.iter_time = iter_time
+        self.backup = backup
+        self.flatten = flatten
+        self.when_in_use = when_in_use
+        self.secret_uuid = secret_uuid
+        self.attach_domains = attach_domains
+
+
+def validate(request):
+    """Raise Qcow2EncryptError for input that can never work; the host is not touched."""
+    if not request.passphrase:
+        raise Qcow2EncryptError("the passphrase is empty: give a non-empty passphrase")
+    for key, value in request.cipher.items():
+        if value not in CIPHER_CHOICES[key]:
+            raise Qcow2EncryptError("%s=%s is not supported; valid: %s"
+                                    % (key, value, ", ".join(CIPHER_CHOICES[key])))
+    if request.iter_time < 1:
+        raise Qcow2EncryptError("iter_time must be a positive number of milliseconds")
+    if request.when_in_use not in ("fail", "skip"):
+        raise Qcow2EncryptError("when_in_use must be fail or skip")
+    if request.secret_uuid and not re.match(r"^[0-9a-fA-F]{8}(-?[0-9a-fA-F]{4}){3}-?[0-9a-fA-F]{12}$",
+                                            request.secret_uuid):
+        raise Qcow2EncryptError("libvirt secret UUID %r is not a UUID" % request.secret_uuid)
+
+
+# ---------------------------------------------------------------------------------------------
+# secrets on tmpfs
+
+
+def _pid_alive(pid):
+    return os.path.exists("/proc/%d" % pid)
+
+
+def _secret_base():
+    return "/run" if os.path.isdir("/run") and os.access("/run", os.W_OK) else None
+
+
+class SecretFiles(object):
+    """A private 0700 directory of 0600 files, removed on exit.
+
+    Its name carries the PID, so a run killed by SIGKILL leaves a directory that the next run
+    recognises as stale and removes.
+    """
+
+    def __init__(self, base=None):
+        self.base = base or _secret_base() or tempfile.gettempdir()
+        self.path = None
+
+    def __enter__(self):
+        remove_stale_secret_dirs(self.base)
+        self.path = tempfile.mkdtemp(prefix="%s%d." % (SECRET_DIR_PREFIX, os.getpid()), dir=self.base)
+        return self
+
+    def __exit__(self, *exc_info):
+        shutil.rmtree(self.path, ignore_errors=True)
+        return False
+
+    def add(self, name, data):
+        path = os.path.join(self.path, name)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        return path
+
+
+def remove_stale_secret_dirs(base):
+    for name in os.listdir(base):
+        if not name.startswith(SECRET_DIR_PREFIX):
+            continue
+        pid = name[len(SECRET_DIR_PREFIX):].split(".", 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+
+
+class Keys(object):
+    """The QEMU secret objects of one run: the new passphrase and the one opening the source."""
+
+    def __init__(self, secrets, passphrase, old_passphrase=None):
+        self.objects = {NEW_KEY: secrets.add("new", passphrase)}
+        self.has_old = old_passphrase is not None and old_passphrase != passphrase
+        if self.has_old:
+            self.objects[OLD_KEY] = secrets.add("old", old_passphrase)
+        self.old = OLD_KEY if self.has_old else NEW_KEY
+
+    def args(self, *ids):
+        argv = []
+        for key in sorted(set(i for i in ids if i)):
+            argv += ["--object", "secret,id=%s,file=%s,format=raw" % (key, _opt(self.objects[key]))]
+        return argv
+
+
+# ---------------------------------------------------------------------------------------------
+# qemu-img / qemu-io
+
+
+def _opt(value):
+    """Escape a value inside a QEMU option string (a comma is written twice)."""
+    return value.replace(",", ",,")
+
+
+def image_opts(path, key=None, force_share=False):
+    opts = "driver=qcow2,file.driver=file,file.filename=%s" % _opt(path)
+    if key:
+        opts += ",encrypt.key-secret=" + key
+    if force_share:
+        opts += ",force-share=on"
+    return opts
+
+
+def describe(info):
+    """The facts the module compares and returns, from ``qemu-img info --output=json``."""
+    data = (info.get("format-specific") or {}).get("data") or {}
+    encrypt = data.get("encrypt") or {}
+    encrypted = bool(info.get("encrypted"))
+    fmt = encrypt.get("format") if encrypted else None
+    cipher = None
+    if fmt == "luks":
+        cipher = dict((key, encrypt.get(key.replace("_", "-"))) for key in CIPHER_KEYS)
+    return {
+        "format": info.get("format"),
+        "virtual_size": info.get("virtual-size"),
+        "actual_size": info.get("actual-size"),
+        "cluster_size": info.get("cluster-size"),
+        "encrypted": encrypted,
+        "encrypt_format": fmt,
+        "cipher": cipher,
+        "backing_file": info.get("full-backing-filename") or info.get("backing-filename"),
+        "data_file": data.get("data-file"),
+    }
+
+
+def inspect(run, path):
+    """(facts, locked). Without -U first: a lock error means some process writes the image;
+    only then read the metadata with -U, which is safe for a header-only read."""
+    argv = [QEMU_IMG, "info", "--output=json", path]
+    rc, out, err = run(argv)
+    if rc == 0:
+        return describe(json.loads(out)), False
+    if LOCK_ERROR.search(err or ""):
+        out = checked(run, [QEMU_IMG, "info", "--output=json", "-U", path], what="qemu-img info")
+        return describe(json.loads(out)), True
+    raise Qcow2EncryptError("qemu-img cannot read %s: %s" % (path, (err or out).strip()))
+
+
+def is_locked(run, path):
+    rc, dummy, err = run([QEMU_IMG, "info", "--output=json", path])
+    return rc != 0 and bool(LOCK_ERROR.search(err or ""))
+
+
+def opens(run, path, keys, key, force_share=False):
+    """Whether the passphrase behind ``key`` unlocks the LUKS image (QEMU checks a key slot)."""
+    argv = [QEMU_IO, "-r"] + keys.args(key) + ["--image-opts", image_opts(path, key, force_share),
+                                                 "-c", "info"]
+    rc, out, err = run(argv)
+    if rc == 0:
+        return True
+    if WRONG_PASSPHRASE in (err or ""):
+        return False
+    raise CommandError(argv, rc, out, err, what="qemu-io")
+
+
+def _hexdump_bytes(text):
+    """Bytes from qemu-io ``read -v`` lines: ``00000000:  ab cd ...  |ascii|``."""
+    data = bytearray()
+    for line in text.splitlines():
+        head, sep, rest = line.partition(":  ")
+        if not sep or not re.match(r"^[0-9a-f]{8}$", head):
+            continue
+        for token in rest.split("  ", 1)[0].split():
+            data.append(int(token, 16))
+    return bytes(data)
+
+
+def looks_random(data):
+    """True when every 512-byte sector of data has as many distinct bytes as random noise."""
+    sectors = [data[i:i + 512] for i in range(0, len(data) - 511, 512)]
+    return bool(sectors) and all(len(set(bytearray(s))) >= RANDOM_SECTOR_DISTINCT for s in sectors)
+
+
+def aes_key_plausible(run, path, keys, key):
+    """Legacy AES has no key check: a wrong key decrypts to noise. Sample allocated data and
+    call the key wrong when every sampled sector looks like random bytes."""
+    opts = image_opts(path, key)
+    out = checked(run, [QEMU_IMG, "map", "--output=json"] + keys.args(key) + ["--image-opts", opts],
+                  what="qemu-img map")
+    extents = [e for e in json.loads(out) if e.get("data")][:AES_SAMPLE_EXTENTS]
+    commands = []
+    for extent in extents:
+        commands += ["-c", "read -v %d %d" % (extent["start"], min(extent["length"], AES_SAMPLE_BYTES))]
+    if not commands:
+        return True
+    out = checked(run, [QEMU_IO, "-r"] + keys.args(key) + ["--image-opts", opts] + commands,
+                  what="qemu-io")
+    return not looks_random(_hexdump_bytes(out))
+
+
+def run_retrying_calibration(run, argv, what):
+    """Run a command that creates a LUKS header, repeating QEMU's spurious calibration failure."""
+    for attempt in range(CALIBRATION_ATTEMPTS):
+        rc, out, err = run(argv)
+        if rc == 0:
+            return attempt + 1
+        if CALIBRATION_ERROR not in (err or ""):
+            raise CommandError(argv, rc, out, err, what=what)
+    raise CommandError(argv, rc, out, err + " (QEMU's key-derivation calibration failed %d times in a row)"
+                       % CALIBRATION_ATTEMPTS, what=what)
+
+
+def luks_options(request, cluster_size):
+    cipher = dict(CIPHER_DEFAULTS)
+    cipher.update(request.cipher)
+    opts = ["encrypt.format=luks", "encrypt.key-secret=" + NEW_KEY]
+    opts += ["encrypt.%s=%s" % (key.replace("_", "-"), cipher[key]) for key in CIPHER_KEYS]
+    opts.append("encrypt.iter-time=%d" % request.iter_time)
+    if cluster_size:
+        opts.append("cluster_size=%d" % cluster_size)
+    return ",".join(opts)
+
+
+def convert_argv(source, target, keys, source_key, request, cluster_size):
+    return ([QEMU_IMG, "convert"] + list(CONVERT_PARALLEL) + keys.args(source_key, NEW_KEY)
+            + ["--image-opts", image_opts(source, source_key), "-O", "qcow2",
+               "-o", luks_options(request, cluster_size), target])
+
+
+def compare_argv(source, target, keys, source_key):
+    return ([QEMU_IMG, "compare"] + keys.args(source_key, NEW_KEY)
+            + ["--image-opts", image_opts(source, source_key), image_opts(target, NEW_KEY)])
+
+
+# ---------------------------------------------------------------------------------------------
+# who uses the image
+
+
+def overlays_of(path):
+    """qcow2 files in the image's directory whose backing file is this image."""
+    directory = os.path.dirname(path)
+    found = []
+    for name in sorted(os.listdir(directory)):
+        candidate = os.path.join(directory, name)
+        if candidate == path or TEMP_MARK in name or not os.path.isfile(candidate):
+            continue
+        backing = _qcow2_backing_name(candidate)
+        if backing and os.path.realpath(os.path.join(directory, backing)) == path:
+            found.append(candidate)
+    return found
+
+
+def _qcow2_backing_name(path):
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(20)
+            if len(header) < 20 or header[:4] != QCOW2_MAGIC:
+                return None
+            offset, size = struct.unpack(">QI", header[8:20])
+            if not offset or not size or size > 4096:
+                return None
+            handle.seek(offset)
+            return handle.read(size).decode("utf-8", "replace")
+    except (IOError, OSError):
+        return None
+
+
+def holders(path):
+    """'PID (COMMAND)' of every process with the file open, read from /proc (root sees all)."""
+    found = []
+    for pid in sorted((p for p in os.listdir("/proc") if p.isdigit()), key=int):
+        fd_dir = "/proc/%s/fd" % pid
+        try:
+            targets = [os.readlink(os.path.join(fd_dir, fd)) for fd in os.listdir(fd_dir)]
+            if path in targets:
+                with open("/proc/%s/comm" % pid) as handle:
+                    found.append("%s (%s)" % (pid, handle.read().strip()))
+        except (IOError, OSError):
+            continue
+    return found
+
+
+def in_use_message(path, guests):
+    if guests:
+        return "%s is in use by running libvirt guest %s" % (path, ", ".join(guests))
+    who = holders(path)
+    return "%s is in use: another process holds QEMU's write lock on it%s" % (
+        path, " (process %s)" % ", ".join(who) if who else "")
+
+
+# ---------------------------------------------------------------------------------------------
+# libvirt
+
+
+def _namespaces(xml_text):
+    """Register the document's namespace prefixes so ElementTree writes them back unchanged."""
+    for dummy, (prefix, uri) in ET.iterparse(io.StringIO(xml_text), events=("start-ns",)):
+        ET.register_namespace(prefix, uri)
+
+
+def disk_sources(disk):
+    """(kind, value) of a <disk>'s source: ('file', path), ('volume', (pool, vol)) or None."""
+    source = disk.find("source")
+    if source is None:
+        return None
+    if disk.get("type") in ("file", None) and source.get("file"):
+        return "file", source.get("file")
+    if disk.get("type") == "block" and source.get("dev"):
+        return "file", source.get("dev")
+    if disk.get("type") == "volume" and source.get("volume"):
+        return "volume", (source.get("pool"), source.get("volume"))
+    return None
+
+
+def disk_chain(disk):
+    """Every file a <disk> names: its source, then the files of its <backingStore> chain."""
+    files = []
+    node = disk
+    while node is not None:
+        source = node.find("source")
+        if source is not None:
+            value = source.get("file") or source.get("dev")
+            if value:
+                files.append(value)
+        node = node.find("backingStore")
+    return files
+
+
+def encryption_of(disk):
+    for parent in (disk, disk.find("source")):
+        enc = parent.find("encryption") if parent is not None else None
+        if enc is not None:
+            secret = enc.find("secret")
+            return enc.get("format"), secret.get("uuid") if secret is not None else None
+    return None
+
+
+def with_encryption(domain_xml, is_image, uuid, standalone):
+    """Domain XML whose disks on this image use LUKS with the secret; (xml, targets) or (None, [])
+    when nothing changes. A flattened image (``standalone``) also loses a stale <backingStore>."""
+    _namespaces(domain_xml)
+    root = ET.fromstring(domain_xml)
+    targets = []
+    for disk in root.findall("./devices/disk"):
+        source = disk_sources(disk)
+        if source is None or not is_image(source):
+            continue
+        changed = _set_encryption(disk, uuid)
+        changed = _drop_backing_store(disk) or changed if standalone else changed
+        if changed:
+            target = disk.find("target")
+            targets.append(target.get("dev") if target is not None else "?")
+    if not targets:
+        return None, []
+    return ET.tostring(root, encoding="unicode"), targets
+
+
+def _set_encryption(disk, uuid):
+    if encryption_of(disk) == ("luks", uuid):
+        return False
+    for parent in (disk, disk.find("source")):
+        if parent is not None:
+            for old in parent.findall("encryption"):
+                parent.remove(old)
+    enc = ET.SubElement(disk, "encryption", {"format": "luks"})
+    ET.SubElement(enc, "secret", {"type": "passphrase", "uuid": uuid})
+    return True
+
+
+def _drop_backing_store(disk):
+    store = disk.find("backingStore")
+    if store is None or not list(store):
+        return False
+    disk.remove(store)
+    ET.SubElement(disk, "backingStore")
+    return True
+
+
+def secret_xml(uuid, path):
+    root = ET.Element("secret", {"ephemeral": "no", "private": "yes"})
+    ET.SubElement(root, "uuid").text = uuid
+    ET.SubElement(root, "description").text = "kvmsec.hardening: passphrase of %s" % path
+    usage = ET.SubElement(root, "usage", {"type": "volume"})
+    ET.SubElement(usage, "volume").text = path
+    return ET.tostring(root, encoding="unicode")
+
+
+def secret_matches(xml_text, path):
+    root = ET.fromstring(xml_text)
+    usage = root.find("usage")
+    return (root.get("private") == "yes" and root.get("ephemeral") == "no" and usage is not None
+            and usage.get("type") == "volume" and (usage.findtext("volume") or "") == path)
+
+
+class LibvirtHost(object):
+    """The libvirt calls the module needs, over a libvirt-python module object."""
+
+    XML_SECURE = 1
+    XML_INACTIVE = 2
+
+    def __init__(self, libvirt_module, uri):
+        self.lv = libvirt_module
+        self.error = libvirt_module.libvirtError
+        try:
+            self.conn = libvirt_module.open(uri)
+        except self.error as exc:
+            raise Qcow2EncryptError(
+                "cannot connect to libvirt at %s (%s): start the libvirt daemon, or set libvirt_uri to"
+                " an empty string to rely on QEMU's image locks alone" % (uri, exc))
+
+    def domains(self):
+        """(name, running, live_xml or None, persistent_xml or None) of every domain."""
+        found = []
+        for dom in self.conn.listAllDomains(0):
+            running = bool(dom.isActive())
+            live = dom.XMLDesc(0) if running else None
+            config = dom.XMLDesc(self.XML_INACTIVE | self.XML_SECURE) if dom.isPersistent() else None
+            found.append((dom.name(), running, live, config))
+        return found
+
+    def volume_path(self, pool, volume):
+        try:
+            return self.conn.storagePoolLookupByName(pool).storageVolLookupByName(volume).path()
+        except self.error:
+            return None
+
+    def secret_xml(self, uuid):
+        try:
+            return self.conn.secretLookupByUUIDString(uuid).XMLDesc(0)
+        except self.error as exc:
+            if exc.get_error_code() == self.lv.VIR_ERR_NO_SECRET:
+                return None
+            raise
+
+    def secret_value(self, uuid):
+        try:
+            return self.conn.secretLookupByUUIDString(uuid).value(0)
+        except self.error as exc:
+            raise Qcow2EncryptError(
+                "cannot read libvirt secret %s (%s): a private secret's value cannot be read back;"
+                " give passphrase or passphrase_file instead" % (uuid, exc.get_error_message()))
+
+    def define_secret(self, xml_text, value):
+        secret = self.conn.secretDefineXML(xml_text, 0)
+        secret.setValue(value, 0)
+
+    def define_domain(self, xml_text):
+        self.conn.defineXML(xml_text)
+
+
+class Usage(object):
+    """Which libvirt domains name the image: running ones (in use) and defined ones."""
+
+    def __init__(self, host, path):
+        self.running = []
+        self.defined = []
+        if host is None:
+            return
+        for name, running, live, config in host.domains():
+            if running and live and _names(host, live, path, chain=True):
+                self.running.append(name)
+            if config and _names(host, config, path, chain=False):
+                self.defined.append(name)
+
+
+def _names(host, domain_xml, path, chain):
+    for disk in ET.fromstring(domain_xml).findall("./devices/disk"):
+        files = disk_chain(disk) if chain else []
+        source = disk_sources(disk)
+        if source and source[0] == "volume":
+            files.append(host.volume_path(*source[1]) or "")
+        elif source:
+            files.append(source[1])
+        if any(f and os.path.realpath(f) == path for f in files):
+            return True
+    return False
+
+
+def _is_image(host, path):
+    def match(source):
+        kind, value = source
+        resolved = host.volume_path(*value) if kind == "volume" else value
+        return bool(resolved) and os.path.realpath(resolved) == path
+    return match
+
+
+# ---------------------------------------------------------------------------------------------
+# plan
+
+
+class Conversion(object):
+    def __init__(self, reason, source_key):
+        self.reason = reason
+        self.source_key = source_key
+
+
+def checked_path(path):
+    """The real path of an existing regular file, or a refusal saying what is wrong."""
+    if not os.path.isabs(path):
+        raise Qcow2EncryptError("path %s is not absolute: give the image's absolute path" % path)
+    if not os.path.lexists(path):
+        raise Qcow2EncryptError("%s does not exist" % path)
+    real = os.path.realpath(path)
+    if not os.path.isfile(real):
+        raise Qcow2EncryptError("%s is not a regular file: only qcow2 image files can be encrypted" % path)
+    return real
+
+
+def refuse_unsupported(path, facts):
+    if facts["format"] != "qcow2":
+        raise Qcow2EncryptError(
+            "%s is a %s image, not qcow2: convert it first (qemu-img convert -O qcow2) and point the"
+            " guest at the new file" % (path, facts["format"]))
+    if facts["data_file"]:
+        raise Qcow2EncryptError("%s keeps its data in an external file (%s), which LUKS in qcow2 cannot"
+                                " cover" % (path, facts["data_file"]))
+    if facts["encrypt_format"] not in (None, "luks", "aes"):
+        raise Qcow2EncryptError("%s uses unknown encryption %r" % (path, facts["encrypt_format"]))
+
+
+def refuse_unsafe_conversion(path, real, facts, request):
+    """A conversion must never leave plaintext behind a backing file or break another image."""
+    if facts["backing_file"] and not request.flatten:
+        raise Qcow2EncryptError(
+            "%s has a backing file (%s): encrypting only this layer would leave the backing file's"
+            " data in plaintext. Set flatten=true to write one standalone encrypted image holding the"
+            " whole chain (the backing file itself is left unchanged)" % (path, facts["backing_file"]))
+    overlays = overlays_of(real)
+    if overlays:
+        raise Qcow2EncryptError(
+            "%s is the backing file of %s: encrypting it would break them. Encrypt those with"
+            " flatten=true first" % (path, ", ".join(overlays)))
+
+
+def cipher_mismatch(current, wanted):
+    diffs = ["%s %s->%s" % (k, current.get(k), v) for k, v in sorted(wanted.items()) if current.get(k) != v]
+    return ", ".join(diffs)
+
+
+def conversion_needed(run, path, facts, request, keys, share):
+    """None when the image already is what was asked; else why and with which key to read it."""
+    fmt = facts["encrypt_format"]
+    if fmt is None:
+        return Conversion("encrypt the plain image with LUKS", None)
+    if fmt == "aes":
+        if not aes_key_plausible(run, path, keys, keys.old):
+            raise Qcow2EncryptError(
+                "%s is encrypted with legacy qcow2 AES and the %s decrypts it to random bytes: it is"
+                " most likely the wrong passphrase (legacy AES cannot tell). Give the right old_passphrase"
+                % (path, "old passphrase" if keys.has_old else "passphrase"))
+        return Conversion("re-encrypt the legacy AES image with LUKS", keys.old)
+    if opens(run, path, keys, NEW_KEY, share):
+        mismatch = cipher_mismatch(facts["cipher"], request.cipher)
+        return Conversion("re-encrypt with another cipher (%s)" % mismatch, NEW_KEY) if mismatch else None
+    if keys.has_old and opens(run, path, keys, OLD_KEY, share):
+        return Conversion("re-encrypt with the new passphrase", OLD_KEY)
+    raise Qcow2EncryptError("the passphrase does not open the LUKS-encrypted image %s%s" % (
+        path, "" if keys.has_old else "; if it was encrypted with another passphrase, give that one as"
+        " old_passphrase to re-encrypt"))
+
+
+def verify(run, path, facts, keys, share):
+    fmt = facts["encrypt_format"]
+    if fmt is None:
+        raise Qcow2EncryptError("%s is not encrypted: use state=encrypted to encrypt it" % path)
+    if fmt == "aes":
+        raise Qcow2EncryptError("%s uses legacy qcow2 AES encryption, which is broken and cannot be"
+                                " verified: use state=encrypted to re-encrypt it with LUKS" % path)
+    if not opens(run, path, keys, NEW_KEY, share):
+        raise Qcow2EncryptError("the passphrase does not open the LUKS-encrypted image %s" % path)
+
+
+def libvirt_changes(host, path, request, standalone, converted):
+    """What libvirt needs so guests open the image unattended: [(description, action)]."""
+    if host is None or not request.secret_uuid:
+        return []
+    changes = []
+    uuid = request.secret_uuid
+    current = host.secret_xml(uuid)
+    if current is None or not secret_matches(current, path) or converted:
+        what = "define" if current is None else "update"
+        changes.append(("%s private libvirt secret %s for %s" % (what, uuid, path),
+                        lambda: host.define_secret(secret_xml(uuid, path), request.passphrase)))
+    if request.attach_domains:
+        for name, dummy, dummy2, config in host.domains():
+            if not config:
+                continue
+            new_xml, targets = with_encryption(config, _is_image(host, path), uuid, standalone)
+            if new_xml:
+                changes.append(("use secret %s for disk %s of guest %s" % (uuid, ", ".join(targets), name),
+                                _definer(host, new_xml)))
+    return changes
+
+
+def _definer(host, xml_text):
+    return lambda: host.define_domain(xml_text)
+
+
+# ---------------------------------------------------------------------------------------------
+# apply
+
+
+def temp_path(path):
+    return os.path.join(os.path.dirname(path), ".%s%s%d~" % (os.path.basename(path), TEMP_MARK, os.getpid()))
+
+
+def leftover_temps(path):
+    """Temporary files of earlier runs that died (SIGKILL, power loss); refuse while another
+    live run is converting the same image."""
+    directory, base = os.path.split(path)
+    prefix = ".%s%s" % (base, TEMP_MARK)
+    found = []
+    for name in sorted(os.listdir(directory)):
+        pid = name[len(prefix):-1] if name.startswith(prefix) and name.endswith("~") else ""
+        if not pid.isdigit():
+            continue
+        if int(pid) != os.getpid() and _pid_alive(int(pid)):
+            raise Qcow2EncryptError("another run (process %s) is converting %s right now" % (pid, path))
+        found.append(os.path.join(directory, name))
+    return found
+
+
+class WriteBarrier(object):
+    """Hold QEMU's 'write not shared' lock byte on the original while it is replaced."""
+
+    def __init__(self, path):
+        self.path = path
+        self.fd = None
+
+    def __enter__(self):
+        self.fd = os.open(self.path, os.O_RDONLY)
+        try:
+            fcntl.lockf(self.fd, fcntl.LOCK_SH | fcntl.LOCK_NB, 1, QEMU_UNSHARE_WRITE_BYTE, os.SEEK_SET)
+        except (IOError, OSError) as exc:
+            os.close(self.fd)
+            raise Qcow2EncryptError("cannot lock %s against writers: %s" % (self.path, exc))
+        return self
+
+    def __exit__(self, *exc_info):
+        os.close(self.fd)
+        return False
+
+    def same_file(self):
+        mine, now = os.fstat(self.fd), os.stat(self.path)
+        return (mine.st_dev, mine.st_ino) == (now.st_dev, now.st_ino)
+
+
+def backup_name(path):
+    return "%s.%s~" % (path, time.strftime("%Y-%m-%d@%H:%M:%S"))
+
+
+def _fsync_file(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(path):
+    try:
+        os.unlink(path)
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            raise
+
+
+def convert(run, path, facts, conversion, request, keys, still_free):
+    """Replace the image by an encrypted copy; return the backup path (or None).
+
+    ``still_free()`` raises ImageInUse if a guest took the image meanwhile; it runs once the
+    write barrier is held, so nothing can start writing to the original after it answered.
+    """
+    temp = temp_path(path)
+    backup = None
+    renamed = False
+    with WriteBarrier(path) as barrier:
+        still_free()
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+        try:
+            run_retrying_calibration(run, convert_argv(path, temp, keys, conversion.source_key, request,
+                                                       facts["cluster_size"]), "qemu-img convert")
+            checked(run, compare_argv(path, temp, keys, conversion.source_key), what="qemu-img compare")
+            copy_attributes(path, temp)
+            _fsync_file(temp)
+            if not barrier.same_file():
+                raise Qcow2EncryptError("%s was replaced while it was being encrypted; nothing changed" % path)
+            if request.backup:
+                backup = backup_name(path)
+                os.link(path, backup)
+            os.rename(temp, path)
+            renamed = True
+            fsync_dir(os.path.dirname(path))
+        finally:
+            if not renamed:
+                _unlink_quietly(temp)
+                if backup:
+                    _unlink_quietly(backup)
+    return backup
+
+
+# ---------------------------------------------------------------------------------------------
+# the module's job
+
+
+def public(facts):
+    return dict((k, facts[k]) for k in ("format", "encrypted", "encrypt_format", "cipher",
+                                        "virtual_size", "backing_file"))
+
+
+def ensure(run, request, host=None, check_mode=False):
+    """Bring the image to the requested state; return the module result (never a secret)."""
+    validate(request)
+    path = checked_path(request.path)
+    with SecretFiles() as secrets:
+        keys = Keys(secrets, request.passphrase, request.old_passphrase)
+        return _ensure(run, path, request, host, check_mode, keys)
+
+
+def _ensure(run, path, request, host, check_mode, keys):
+    facts, locked = inspect(run, path)
+    refuse_unsupported(request.path, facts)
+    usage = Usage(host, path)
+    result = {"changed": False, "path": request.path, "backup_file": None, "in_use_by": usage.running,
+              "changes": [], "skipped_changes": [], "warnings": [], "libvirt_secret": request.secret_uuid}
+    share = locked or bool(usage.running)
+    if request.state == "verified":
+        verify(run, path, facts, keys, share)
+        return _unchanged(result, facts)
+    conversion = conversion_needed(run, path, facts, request, keys, share)
+    if conversion:
+        refuse_unsafe_conversion(request.path, path, facts, request)
+    if conversion and (locked or usage.running):
+        message = in_use_message(request.path, usage.running)
+        if request.when_in_use == "fail":
+            raise ImageInUse(message + "; stop it first", usage.running)
+        result["warnings"].append(message + ": skipped, the image stays as it is")
+        result["skipped_changes"] = [conversion.reason]
+        return _unchanged(result, facts)
+    after = _planned_facts(facts, request) if conversion else facts
+    leftovers = leftover_temps(path)
+    libvirt = libvirt_changes(host, path, request, not after["backing_file"], bool(conversion))
+    result["changes"] = ([conversion.reason] if conversion else []) + [
+        "remove %s, left by an interrupted run" % t for t in leftovers] + [d for d, dummy in libvirt]
+    result["changed"] = bool(result["changes"])
+    result["diff"] = {"before": _diff_view(facts, host, path, request, False),
+                      "after": _diff_view(after, host, path, request, bool(libvirt))}
+    if not check_mode:
+        for leftover in leftovers:
+            _unlink_quietly(leftover)
+        if conversion:
+            result["backup_file"] = convert(run, path, facts, conversion, request, keys,
+                                            _still_free(run, path, host))
+            after = inspect(run, path)[0]
+        for dummy, action in libvirt:
+            action()
+    result.update(public(after))
+    result["warnings"] += _warnings(request, result, usage)
+    return result
+
+
+def _unchanged(result, facts):
+    result.update(public(facts))
+    result["diff"] = {"before": public(facts), "after": public(facts)}
+    return result
+
+
+def _still_free(run, path, host):
+    def check():
+        running = Usage(host, path).running
+        if running or is_locked(run, path):
+            raise ImageInUse(in_use_message(path, running) + "; stop it first", running)
+    return check
+
+
+def _planned_facts(facts, request):
+    cipher = dict(CIPHER_DEFAULTS)
+    cipher.update(request.cipher)
+    after = dict(facts)
+    after.update({"encrypted": True, "encrypt_format": "luks", "cipher": cipher, "backing_file": None})
+    return after
+
+
+def guest_disks(host, path):
+    """{guest: encryption of its disks on this image} from the persistent definitions."""
+    view = {}
+    for name, dummy, dummy2, config in host.domains():
+        if not config:
+            continue
+        match = _is_image(host, path)
+        for disk in ET.fromstring(config).findall("./devices/disk"):
+            source = disk_sources(disk)
+            if source and match(source):
+                enc = encryption_of(disk)
+                view[name] = "%s secret %s" % enc if enc else "no encryption"
+    return view
+
+
+def _diff_view(facts, host, path, request, libvirt_applied):
+    view = public(facts)
+    if host is None or not request.secret_uuid:
+        return view
+    uuid = request.secret_uuid
+    defined = host.secret_xml(uuid) is not None
+    view["libvirt_secret"] = uuid if defined or libvirt_applied else None
+    guests = guest_disks(host, path)
+    if libvirt_applied and request.attach_domains:
+        guests = dict((name, "luks secret %s" % uuid) for name in guests)
+    view["guests"] = guests
+    return view
+
+
+def _warnings(request, result, usage):
+    warnings = []
+    if result["backup_file"]:
+        warnings.append("the unencrypted original of %s is kept as %s: delete it once the guest runs from"
+                        " the encrypted image" % (request.path, result["backup_file"]))
+    if result["changes"] and usage.defined and not request.secret_uuid:
+        warnings.append("libvirt guest(s) %s use %s and need <encryption format='luks'> with a libvirt"
+                        " secret to start: set libvirt_secret" % (", ".join(usage.defined), request.path))
+    return warnings
