@@ -136,15 +136,16 @@ def wait_for_ssh(info, started):
     deadline = started + BOOT_TIMEOUT
     while time.monotonic() < deadline:
         if not qemu_alive(info):
-            raise LabError("lab VM %s: QEMU exited during boot. Serial console tail:\n%s"
-                           % (info["name"], serial_tail(info)))
+            raise LabError("lab VM %s: QEMU exited during boot (full log: %s). "
+                           "Serial console tail:\n%s"
+                           % (info["name"], info["serial"], serial_tail(info)))
         probe = subprocess.run(ssh_argv(info, "true"), capture_output=True, timeout=60, check=False)
         if probe.returncode == 0:
             return time.monotonic() - started
         time.sleep(2)
-    raise LabError("lab VM %s did not answer SSH on 127.0.0.1:%d within %d s. "
+    raise LabError("lab VM %s did not answer SSH on 127.0.0.1:%d within %d s (full log: %s). "
                    "Serial console tail:\n%s"
-                   % (info["name"], info["port"], BOOT_TIMEOUT, serial_tail(info)))
+                   % (info["name"], info["port"], BOOT_TIMEOUT, info["serial"], serial_tail(info)))
 
 
 def start_qemu(info, image_dir):

@@ -1,0 +1,506 @@
+"""The qcow2_encrypt core, without Ansible, against the real qemu-img and qemu-io.
+
+Only QEMU's sporadic calibration failure is simulated (it cannot be provoked on demand); every
+other command runs for real on images made in tmp_path.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from ansible_collections.kvmsec.hardening.plugins.module_utils import _qcow2_encrypt as core
+from ansible_collections.kvmsec.hardening.plugins.module_utils._command import CommandError
+
+PASS = b"correct horse battery staple"
+FAST = 10  # ms of key derivation: plenty for tests, too little for production
+
+
+def qemu_img(*args):
+    return subprocess.run(["qemu-img"] + list(args), check=True, capture_output=True, text=True).stdout
+
+
+def make_image(path, size="64M", writes=(("0x5a", "1M", "2M"),), backing=None):
+    cmd = ["create", "-q", "-f", "qcow2"]
+    if backing:
+        cmd += ["-b", str(backing), "-F", "qcow2"]
+    qemu_img(*(cmd + [str(path)] + ([] if backing else [size])))
+    for pattern, offset, length in writes:
+        subprocess.run(["qemu-io", "-c", "write -P %s %s %s" % (pattern, offset, length), str(path)],
+                       check=True, capture_output=True)
+    return str(path)
+
+
+def secret_file(tmp_path, value, name="pw"):
+    path = tmp_path / name
+    path.write_bytes(value)
+    path.chmod(0o600)
+    return str(path)
+
+
+def read_ok(path, passphrase_file, pattern="0x5a", offset="1M", length="2M"):
+    """Whether qemu-io, given the passphrase, reads back the pattern written before encryption."""
+    proc = subprocess.run(
+        ["qemu-io", "-r", "--object", "secret,id=s,file=%s" % passphrase_file, "--image-opts",
+         "driver=qcow2,file.filename=%s,encrypt.key-secret=s" % path,
+         "-c", "read -P %s %s %s" % (pattern, offset, length)], capture_output=True, text=True)
+    return proc.returncode == 0 and "verification failed" not in proc.stdout + proc.stderr
+
+
+def info(path):
+    return json.loads(qemu_img("info", "--output=json", "-U", str(path)))
+
+
+def request(path, **kwargs):
+    kwargs.setdefault("iter_time", FAST)
+    return core.Request(str(path), kwargs.pop("passphrase", PASS), **kwargs)
+
+
+def siblings(path):
+    return sorted(p.name for p in path.parent.iterdir())
+
+
+# ---------------------------------------------------------------------------------------------
+# input validation
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(passphrase=b""), "passphrase is empty"),
+    (dict(cipher={"cipher_alg": "des"}), "cipher_alg=des is not supported; valid: aes-128"),
+    (dict(cipher={"cipher_mode": "ecb"}), "cipher_mode=ecb is not supported"),
+    (dict(iter_time=0), "iter_time must be a positive"),
+    (dict(when_in_use="ignore"), "when_in_use must be fail or skip"),
+    (dict(secret_uuid="not-a-uuid"), "is not a UUID"),
+])
+def test_bad_input_is_refused_before_touching_the_host(tmp_path, run, kwargs, message):
+    image = make_image(tmp_path / "a.qcow2")
+    before = (tmp_path / "a.qcow2").read_bytes()
+    with pytest.raises(core.Qcow2EncryptError, match=message):
+        core.ensure(run, request(image, **kwargs))
+    assert (tmp_path / "a.qcow2").read_bytes() == before
+
+
+@pytest.mark.parametrize("name, make, message", [
+    ("missing.qcow2", None, "does not exist"),
+    ("relative", None, "is not absolute"),
+    ("dir", "dir", "is not a regular file"),
+    ("raw.img", "raw", "is a raw image, not qcow2"),
+    ("text.txt", "text", "is a raw image, not qcow2"),
+])
+def test_what_is_not_a_qcow2_image_is_refused(tmp_path, run, name, make, message):
+    path = tmp_path / name
+    if make == "dir":
+        path.mkdir()
+    elif make == "raw":
+        qemu_img("create", "-q", "-f", "raw", str(path), "1M")
+    elif make == "text":
+        path.write_text("hello\n")
+    with pytest.raises(core.Qcow2EncryptError, match=message):
+        core.ensure(run, request(name if name == "relative" else path))
+
+
+# ---------------------------------------------------------------------------------------------
+# conversions on real images
+
+
+def test_plain_image_round_trip_keeps_data_sparseness_and_a_backup(tmp_path, run):
+    image = make_image(tmp_path / "vm.qcow2", size="1G", writes=[("0x5a", "1M", "2M"), ("0xa5", "900M", "1M")])
+    pw = secret_file(tmp_path, PASS)
+    result = core.ensure(run, request(image))
+    assert result["changed"] and result["encrypt_format"] == "luks"
+    assert result["cipher"] == core.CIPHER_DEFAULTS and result["virtual_size"] == 1 << 30
+    assert info(image)["format-specific"]["data"]["encrypt"]["format"] == "luks"
+    assert read_ok(image, pw) and read_ok(image, pw, "0xa5", "900M", "1M")
+    assert read_ok(image, pw, "0", "100M", "1M")  # never written: still reads as zeros
+    assert not read_ok(image, secret_file(tmp_path, b"wrong", "bad"))
+    # 3 MiB of data plus a 2 MiB LUKS header: a dense 1 GiB copy would be far above this
+    assert os.stat(image).st_blocks * 512 < 16 << 20
+    backup = result["backup_file"]
+    assert os.path.basename(backup).startswith("vm.qcow2.") and backup.endswith("~")
+    assert "encrypted" not in info(backup)
+    assert subprocess.run(["qemu-io", "-r", "-c", "read -P 0x5a 1M 2M", backup], capture_output=True).returncode == 0
+    assert siblings(tmp_path / "vm.qcow2") == sorted(["bad", "pw", "vm.qcow2", os.path.basename(backup)])
+
+
+def test_second_run_and_verification_change_nothing(tmp_path, run):
+    image = make_image(tmp_path / "vm.qcow2")
+    core.ensure(run, request(image, backup=False))
+    before = os.stat(image)
+    again = core.ensure(run, request(image, backup=False))
+    verified = core.ensure(run, request(image, state="verified"))
+    assert not again["changed"] and again["changes"] == [] and not verified["changed"]
+    assert (os.stat(image).st_ino, os.stat(image).st_mtime) == (before.st_ino, before.st_mtime)
+
+
+def test_check_mode_reports_the_plan_and_writes_nothing(tmp_path, run):
+    image = make_image(tmp_path / "vm.qcow2")
+    before = (tmp_path / "vm.qcow2").read_bytes()
+    result = core.ensure(run, request(image), check_mode=True)
+    assert result["changed"] and result["changes"] == ["encrypt the plain image with LUKS"]
+    assert result["diff"]["before"]["encrypted"] is False
+    assert result["diff"]["after"]["encrypt_format"] == "luks"
+    assert result["diff"]["after"]["cipher"]["cipher_alg"] == "aes-256"
+    assert (tmp_path / "vm.qcow2").read_bytes() == before
+    assert siblings(tmp_path / "vm.qcow2") == ["vm.qcow2"]
+
+
+def test_wrong_passphrase_on_a_luks_image_fails_clearly(tmp_path, run):
+    image = make_image(tmp_path / "vm.qcow2")
+    core.ensure(run, request(image, backup=False))
+    for state in ("encrypted", "verified"):
+        with pytest.raises(core.Qcow2EncryptError, match="passphrase does not open the LUKS"):
+            core.ensure(run, request(image, passphrase=b"wrong", state=state))
+
+
+def test_verified_refuses_a_plain_image(tmp_path, run):
+    image = make_image(tmp_path / "vm.qcow2")
+    with pytest.raises(core.Qcow2EncryptError, match="is not encrypted"):
+        core.ensure(run, request(image, state="verified"))
+
+
+def test_passphrase_change_and_cipher_change_re_encrypt(tmp_path, run):
+    image = make_image(tmp_path / "vm.qcow2")
+    core.ensure(run, request(image, backup=False))
+    changed = core.ensure(run, request(image, passphrase=b"new one", old_passphrase=PASS, backup=False))
+    assert changed["changes"] == ["re-encrypt with the new passphrase"]
+    assert read_ok(image, secret_file(tmp_path, b"new one", "new"))
+    serpent = core.ensure(run, request(image, passphrase=b"new one", backup=False,
+                                       cipher={"cipher_alg": "serpent-256"}))
+    assert serpent["changes"] == ["re-encrypt with another cipher (cipher_alg aes-256->serpent-256)"]
+    assert serpent["cipher"]["cipher_alg"] == "serpent-256"
+    assert read_ok(image, secret_file(tmp_path, b"new one", "new2"))
+
+
+def test_legacy_aes_image_is_re_encrypted_with_luks(tmp_path, run):
+    # QEMU 7.2's qemu-img still creates legacy AES images (system emulators refuse to open them)
+    image = str(tmp_path / "old.qcow2")
+    old = secret_file(tmp_path, b"old password", "old")
+    qemu_img("create", "-q", "-f", "qcow2", "--object", "secret,id=o,file=" + old,
+             "-o", "encrypt.format=aes,encrypt.key-secret=o", image, "64M")
+    subprocess.run(["qemu-io", "--object", "secret,id=o,file=" + old, "--image-opts",
+                    "driver=qcow2,file.filename=%s,encrypt.key-secret=o" % image,
+                    "-c", "write -P 0x5a 1M 2M"], check=True, capture_output=True)
+    assert info(image)["format-specific"]["data"]["encrypt"]["format"] == "aes"
+    with pytest.raises(core.Qcow2EncryptError, match="decrypts it to random bytes"):
+        core.ensure(run, request(image, old_passphrase=b"not it"))
+    result = core.ensure(run, request(image, old_passphrase=b"old password"))
+    assert result["changes"] == ["re-encrypt the legacy AES image with LUKS"]
+    assert result["encrypt_format"] == "luks"
+    assert read_ok(image, secret_file(tmp_path, PASS))
+    assert info(result["backup_file"])["format-specific"]["data"]["encrypt"]["format"] == "aes"
+    with pytest.raises(core.Qcow2EncryptError, match="legacy qcow2 AES encryption, which is broken"):
+        core.ensure(run, request(result["backup_file"], state="verified"))
+
+
+def test_backing_file_is_refused_unless_flattened(tmp_path, run):
+    base = make_image(tmp_path / "base.qcow2", writes=[("0x11", "0", "1M")])
+    top = make_image(tmp_path / "top.qcow2", backing=base, writes=[("0x5a", "1M", "2M")])
+    base_bytes = (tmp_path / "base.qcow2").read_bytes()
+    with pytest.raises(core.Qcow2EncryptError, match="has a backing file .*base.qcow2.*flatten=true"):
+        core.ensure(run, request(top))
+    with pytest.raises(core.Qcow2EncryptError, match="is the backing file of .*top.qcow2"):
+        core.ensure(run, request(base))
+    result = core.ensure(run, request(top, flatten=True, backup=False))
+    pw = secret_file(tmp_path, PASS)
+    assert result["backing_file"] is None and "backing-filename" not in info(top)
+    assert read_ok(top, pw, "0x11", "0", "1M") and read_ok(top, pw)
+    assert (tmp_path / "base.qcow2").read_bytes() == base_bytes
+
+
+def test_owner_mode_and_selinux_label_are_kept(tmp_path, run):
+    image = make_image(tmp_path / "vm.qcow2")
+    os.chmod(image, 0o640)
+    os.chown(image, 64055, 64055)
+    label = b"system_u:object_r:svirt_image_t:s0:c1,c2\x00"
+    os.setxattr(image, "security.selinux", label)
+    core.ensure(run, request(image, backup=False))
+    st = os.stat(image)
+    assert (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (0o640, 64055, 64055)
+    assert os.getxattr(image, "security.selinux") == label
+
+
+def test_a_path_with_a_comma_and_a_symlink(tmp_path, run):
+    real = make_image(tmp_path / "a,b.qcow2")
+    link = tmp_path / "link.qcow2"
+    link.symlink_to(real)
+    result = core.ensure(run, request(str(link), backup=False))
+    assert result["path"] == str(link) and os.path.islink(str(link))
+    assert read_ok(real.replace(",", ",,"), secret_file(tmp_path, PASS))
+
+
+# ---------------------------------------------------------------------------------------------
+# images in use
+
+
+@pytest.fixture
+def holder(tmp_path):
+    """A real QEMU process (qemu-io) holding an image open for writing, as a running guest does."""
+    procs = []
+
+    def hold(image):
+        proc = subprocess.Popen(["qemu-io", image], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT)
+        procs.append(proc)
+        deadline = time.monotonic() + 30
+        while not core.is_locked(core_run, image):
+            assert proc.poll() is None and time.monotonic() < deadline, "qemu-io did not lock the image"
+            time.sleep(0.05)
+        return proc
+
+    yield hold
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+def core_run(argv, data=None):
+    proc = subprocess.run(list(argv), input=data, capture_output=True)
+    return proc.returncode, proc.stdout.decode(), proc.stderr.decode()
+
+
+def test_image_held_by_a_process_is_refused_naming_it(tmp_path, run, holder):
+    image = make_image(tmp_path / "vm.qcow2")
+    proc = holder(image)
+    with pytest.raises(core.ImageInUse, match=r"in use: another process holds QEMU's write lock on it "
+                                              r"\(process %d \(qemu-io\)\)" % proc.pid):
+        core.ensure(run, request(image))
+    skipped = core.ensure(run, request(image, when_in_use="skip"))
+    assert not skipped["changed"] and skipped["skipped_changes"] == ["encrypt the plain image with LUKS"]
+    assert "skipped, the image stays as it is" in skipped["warnings"][0]
+    assert siblings(tmp_path / "vm.qcow2") == ["vm.qcow2"]
+
+
+def test_held_luks_image_is_still_verified_read_only(tmp_path, run, holder):
+    image = make_image(tmp_path / "vm.qcow2")
+    core.ensure(run, request(image, backup=False))
+    holder(image)
+    assert not core.ensure(run, request(image))["changed"]
+    assert not core.ensure(run, request(image, state="verified"))["changed"]
+
+
+def test_write_barrier_keeps_writers_out_but_lets_readers_in(tmp_path, run):
+    image = make_image(tmp_path / "vm.qcow2")
+    with core.WriteBarrier(image):
+        writer = subprocess.run(["qemu-io", "-c", "write -P 1 0 4k", image], capture_output=True, text=True)
+        assert writer.returncode != 0 and 'Failed to get "write" lock' in writer.stderr
+        assert not core.is_locked(run, image)
+        qemu_img("convert", "-O", "qcow2", image, str(tmp_path / "copy.qcow2"))
+    assert subprocess.run(["qemu-io", "-c", "write -P 1 0 4k", image], capture_output=True).returncode == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# failures leave the original untouched
+
+
+def test_failed_verification_keeps_original_and_removes_temp(tmp_path, run):
+    image = make_image(tmp_path / "vm.qcow2")
+    before = (tmp_path / "vm.qcow2").read_bytes()
+    pw = secret_file(tmp_path, PASS)
+
+    def corrupting_run(argv, data=None):
+        # damage the fresh copy for real before qemu-img compare looks at it
+        if argv[:2] == ["qemu-img", "compare"]:
+            temp = core.temp_path(image)
+            subprocess.run(["qemu-io", "--object", "secret,id=s,file=" + pw, "--image-opts",
+                            "driver=qcow2,file.filename=%s,encrypt.key-secret=s" % temp,
+                            "-c", "write -P 0x77 1M 4k"], check=True, capture_output=True)
+        return run(argv, data)
+
+    with pytest.raises(CommandError, match="qemu-img compare failed"):
+        core.ensure(corrupting_run, request(image))
+    assert (tmp_path / "vm.qcow2").read_bytes() == before
+    assert siblings(tmp_path / "vm.qcow2") == ["pw", "vm.qcow2"]
+
+
+def test_leftovers_of_a_killed_run_are_removed_and_live_runs_respected(tmp_path, run):
+    image = make_image(tmp_path / "vm.qcow2")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / (".vm.qcow2%s%d~" % (core.TEMP_MARK, dead.pid))
+    stale.write_bytes(b"half a conversion")
+    planned = core.ensure(run, request(image), check_mode=True)
+    assert "remove %s, left by an interrupted run" % stale in planned["changes"]
+    assert stale.exists()
+    core.ensure(run, request(image, backup=False))
+    assert siblings(tmp_path / "vm.qcow2") == ["vm.qcow2"]
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / (".vm.qcow2%s%d~" % (core.TEMP_MARK, alive.pid))).write_bytes(b"")
+        with pytest.raises(core.Qcow2EncryptError, match="another run \\(process %d\\)" % alive.pid):
+            core.ensure(run, request(image, passphrase=b"other", old_passphrase=PASS))
+    finally:
+        alive.kill()
+        alive.wait()
+
+
+# ---------------------------------------------------------------------------------------------
+# QEMU's calibration failure (simulated: it happens at random, about one run in three here)
+
+
+def flaky(failures, final=(0, "", "")):
+    calls = []
+
+    def fake(argv, data=None):
+        calls.append(argv)
+        if len(calls) <= failures:
+            return 1, "", "qemu-img: out.qcow2: error while converting qcow2: Unable to get accurate CPU usage\n"
+        return final
+
+    return fake, calls
+
+
+def test_calibration_failure_is_retried():
+    fake, calls = flaky(3)
+    assert core.run_retrying_calibration(fake, ["qemu-img", "convert"], "qemu-img convert") == 4
+    assert len(calls) == 4
+
+
+def test_calibration_failure_gives_up_after_the_limit():
+    fake, calls = flaky(100)
+    with pytest.raises(CommandError, match="calibration failed %d times" % core.CALIBRATION_ATTEMPTS):
+        core.run_retrying_calibration(fake, ["qemu-img", "convert"], "qemu-img convert")
+    assert len(calls) == core.CALIBRATION_ATTEMPTS
+
+
+def test_other_failures_are_not_retried():
+    fake, calls = flaky(0, final=(1, "", "qemu-img: No space left on device\n"))
+    with pytest.raises(CommandError, match="No space left"):
+        core.run_retrying_calibration(fake, ["qemu-img", "convert"], "qemu-img convert")
+    assert len(calls) == 1
+
+
+def test_real_conversions_survive_calibration_failures(tmp_path, run):
+    """QEMU's real calibration failure hits about a third of the attempts on this machine, so
+    some of these conversions meet it; every one of them must still succeed."""
+    attempts = []
+
+    def counting(argv, data=None):
+        rc, out, err = run(argv, data)
+        if argv[:2] == ["qemu-img", "convert"]:
+            attempts.append(core.CALIBRATION_ERROR in err)
+        return rc, out, err
+
+    for index in range(4):
+        image = make_image(tmp_path / ("vm%d.qcow2" % index), writes=())
+        assert core.ensure(counting, request(image, backup=False))["encrypt_format"] == "luks"
+    assert attempts.count(False) == 4
+
+
+# ---------------------------------------------------------------------------------------------
+# secrets
+
+
+def test_secret_files_are_private_and_removed(tmp_path):
+    with core.SecretFiles(str(tmp_path)) as secrets:
+        path = secrets.add("new", b"s3cret")
+        assert os.stat(secrets.path).st_mode & 0o777 == 0o700
+        assert os.stat(path).st_mode & 0o777 == 0o600
+        assert open(path, "rb").read() == b"s3cret"
+    assert os.listdir(str(tmp_path)) == []
+
+
+def test_secret_dirs_of_dead_runs_are_removed(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / ("%s%d.abc" % (core.SECRET_DIR_PREFIX, dead.pid))
+    mine = tmp_path / ("%s%d.abc" % (core.SECRET_DIR_PREFIX, os.getpid()))
+    stale.mkdir()
+    mine.mkdir()
+    core.remove_stale_secret_dirs(str(tmp_path))
+    assert sorted(os.listdir(str(tmp_path))) == [mine.name]
+
+
+def test_result_holds_no_secret(tmp_path, run):
+    image = make_image(tmp_path / "vm.qcow2")
+    result = core.ensure(run, request(image, old_passphrase=b"0ld-s3cret-value"))
+    text = json.dumps(result)
+    assert PASS.decode() not in text and "0ld-s3cret-value" not in text
+
+
+# ---------------------------------------------------------------------------------------------
+# pure helpers
+
+
+def test_looks_random_tells_noise_from_disk_data():
+    assert core.looks_random(os.urandom(4096))
+    assert not core.looks_random(os.urandom(3584) + b"\0" * 512)
+    assert not core.looks_random(b"#!/bin/sh\necho hello world\n" * 40)
+    assert not core.looks_random(b"")
+
+
+def test_hexdump_parsing():
+    text = ("00000000:  ab 01 ff 00 10 20 30 40 50 60 70 80 90 a0 b0 c0  ................\n"
+            "read 16/16 bytes at offset 0\n")
+    assert core._hexdump_bytes(text) == bytes(bytearray.fromhex("ab01ff00102030405060708090a0b0c0"))
+
+
+def test_overlays_and_holders_are_found(tmp_path):
+    base = make_image(tmp_path / "base.qcow2", writes=())
+    make_image(tmp_path / "top.qcow2", backing="base.qcow2", writes=())
+    (tmp_path / "junk").write_bytes(b"QFI\xfb" + b"\xff" * 40)
+    assert core.overlays_of(base) == [str(tmp_path / "top.qcow2")]
+    with open(base, "rb"):
+        assert "%d (" % os.getpid() in " ".join(core.holders(base))
+
+
+DOMAIN = """<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
+  <name>g</name>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='/images/vm.qcow2'/>
+      <backingStore type='file'><format type='qcow2'/><source file='/images/base.qcow2'/></backingStore>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <disk type='file' device='disk'>
+      <source file='/images/other.qcow2'/>
+      <target dev='vdb' bus='virtio'/>
+      <encryption format='qcow'><secret type='passphrase' uuid='11111111-1111-1111-1111-111111111111'/></encryption>
+    </disk>
+    <disk type='volume' device='disk'>
+      <source pool='default' volume='vol.qcow2'/>
+      <target dev='vdc' bus='virtio'/>
+    </disk>
+  </devices>
+  <qemu:commandline><qemu:arg value='-S'/></qemu:commandline>
+</domain>"""
+UUID = "6a4f4b7e-7d4c-4a43-9d0e-3c1b1f0d2a10"
+
+
+def files(*paths):
+    return lambda source: source[0] == "file" and source[1] in paths
+
+
+def test_encryption_is_added_to_the_disks_of_the_image():
+    new_xml, targets = core.with_encryption(DOMAIN, files("/images/vm.qcow2"), UUID, standalone=False)
+    assert targets == ["vda"]
+    disk = ET.fromstring(new_xml).find("./devices/disk")
+    assert core.encryption_of(disk) == ("luks", UUID)
+    assert disk.find("backingStore/source").get("file") == "/images/base.qcow2"
+    assert "xmlns:qemu=" in new_xml and "<qemu:arg value=\"-S\" />" in new_xml
+    assert core.with_encryption(new_xml, files("/images/vm.qcow2"), UUID, False) == (None, [])
+
+
+def test_flattened_image_loses_its_stale_backing_store_and_legacy_encryption_is_replaced():
+    new_xml, targets = core.with_encryption(DOMAIN, files("/images/vm.qcow2", "/images/other.qcow2"),
+                                            UUID, standalone=True)
+    assert targets == ["vda", "vdb"]
+    vda, vdb = ET.fromstring(new_xml).findall("./devices/disk")[:2]
+    assert list(vda.find("backingStore")) == []
+    assert core.encryption_of(vdb) == ("luks", UUID) and len(vdb.findall("encryption")) == 1
+
+
+def test_volume_disks_are_matched_through_the_resolver():
+    is_vol = lambda source: source == ("volume", ("default", "vol.qcow2"))  # noqa: E731
+    assert core.with_encryption(DOMAIN, is_vol, UUID, False)[1] == ["vdc"]
+
+
+def test_secret_definition_is_private_persistent_and_bound_to_the_image():
+    text = core.secret_xml(UUID, "/images/vm.qcow2")
+    assert core.secret_matches(text, "/images/vm.qcow2")
+    assert not core.secret_matches(text, "/images/other.qcow2")
+    assert not core.secret_matches(text.replace("private=\"yes\"", "private=\"no\""), "/images/vm.qcow2")
