@@ -59,10 +59,6 @@ CIPHER_CHOICES = {
 }
 DEFAULT_ITER_TIME = 2000
 
-# qemu-img convert: 8 coroutines is QEMU's default; out-of-order writes (-W) let them finish
-# independently (measured by tests/benchmarks/bench_qcow2_encrypt.py, see docs/benchmarks.md)
-CONVERT_PARALLEL = ("-m", "8", "-W")
-
 NEW_KEY = "kvmsec_new"
 OLD_KEY = "kvmsec_old"
 TEMP_MARK = ".kvmsec-encrypt."
@@ -89,7 +85,7 @@ class ImageInUse(Qcow2EncryptError):
 
 
 class Request(object):
-    """What the user asked for, validated by the caller. Passphrases are bytes."""
+    """What the user asked for (``validate`` checks it). Passphrases are bytes."""
 
     def __init__(self, path, passphrase, state="encrypted", old_passphrase=None, cipher=None,
                  iter_time=DEFAULT_ITER_TIME, backup=True, flatten=False, when_in_use="fail",
@@ -252,8 +248,8 @@ def is_locked(run, path):
 
 def opens(run, path, keys, key, force_share=False):
     """Whether the passphrase behind ``key`` unlocks the LUKS image (QEMU checks a key slot)."""
-    argv = [QEMU_IO, "-r"] + keys.args(key) + ["--image-opts", image_opts(path, key, force_share),
-                                                 "-c", "info"]
+    opts = image_opts(path, key, force_share)
+    argv = [QEMU_IO, "-r"] + keys.args(key) + ["--image-opts", opts, "-c", "info"]
     rc, out, err = run(argv)
     if rc == 0:
         return True
@@ -321,7 +317,9 @@ def luks_options(request, cluster_size):
 
 
 def convert_argv(source, target, keys, source_key, request, cluster_size):
-    return ([QEMU_IMG, "convert"] + list(CONVERT_PARALLEL) + keys.args(source_key, NEW_KEY)
+    # QEMU's default 8 coroutines already encrypt in its thread pool; -W and -m 16 measured no
+    # better here (docs/benchmarks.md) and -W scatters a qcow2 target's clusters, so neither is used
+    return ([QEMU_IMG, "convert"] + keys.args(source_key, NEW_KEY)
             + ["--image-opts", image_opts(source, source_key), "-O", "qcow2",
                "-o", luks_options(request, cluster_size), target])
 
@@ -368,15 +366,28 @@ def holders(path):
     """'PID (COMMAND)' of every process with the file open, read from /proc (root sees all)."""
     found = []
     for pid in sorted((p for p in os.listdir("/proc") if p.isdigit()), key=int):
-        fd_dir = "/proc/%s/fd" % pid
-        try:
-            targets = [os.readlink(os.path.join(fd_dir, fd)) for fd in os.listdir(fd_dir)]
-            if path in targets:
+        if path in _open_files(pid):
+            try:
                 with open("/proc/%s/comm" % pid) as handle:
                     found.append("%s (%s)" % (pid, handle.read().strip()))
-        except (IOError, OSError):
-            continue
+            except (IOError, OSError):
+                continue
     return found
+
+
+def _open_files(pid):
+    fd_dir = "/proc/%s/fd" % pid
+    try:
+        fds = os.listdir(fd_dir)
+    except (IOError, OSError):
+        return []
+    files = []
+    for fd in fds:
+        try:
+            files.append(os.readlink(os.path.join(fd_dir, fd)))
+        except (IOError, OSError):
+            continue  # closed meanwhile
+    return files
 
 
 def in_use_message(path, guests):
@@ -748,14 +759,6 @@ def backup_name(path):
     return "%s.%s~" % (path, time.strftime("%Y-%m-%d@%H:%M:%S"))
 
 
-def _fsync_file(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _unlink_quietly(path):
     try:
         os.unlink(path)
@@ -782,7 +785,7 @@ def convert(run, path, facts, conversion, request, keys, still_free):
                                                        facts["cluster_size"]), "qemu-img convert")
             checked(run, compare_argv(path, temp, keys, conversion.source_key), what="qemu-img compare")
             copy_attributes(path, temp)
-            _fsync_file(temp)
+            fsync_dir(temp)  # opens any path read-only and fsyncs it: the file's data this time
             if not barrier.same_file():
                 raise Qcow2EncryptError("%s was replaced while it was being encrypted; nothing changed" % path)
             if request.backup:

@@ -30,7 +30,7 @@ description:
     guests are checked before anything is written; an unknown guest, an unknown device, a value
     out of range or a missing controller changes nothing, and a failure while writing restores
     the values already written.
-author: kvmsec.hardening developers
+author: kvmsec.hardening developers (@kvmsec)
 requirements:
   - libvirt-python (Debian C(python3-libvirt)) on the target, for domain guests. When the
     module's interpreter lacks it, the module re-runs itself under the system Python that has it.
@@ -201,6 +201,38 @@ guests:
           place in the domain XML.
       type: list
       elements: dict
+      contains:
+        key:
+          description:
+            - C(io_weight), C(cpu_weight), C(device_weight[PATH]), a throttle such as
+              C(read_bytes_sec[PATH]), or C(cgroup io)/C(cgroup cpu) for the cgroup a process
+              guest was moved into.
+          type: str
+        scope:
+          description: C(live) (the running guest) or C(config) (the persistent definition).
+          type: str
+        where:
+          description:
+            - The cgroupfs file written for live values of local guests and process guests,
+              C(domain XML (libvirt PARAMETER)) for persistent values, or
+              C(libvirt PARAMETER (live)) when the cgroup cannot be seen from the host.
+          type: str
+        requested:
+          description: The value asked for, on the module's scale (throttles in their unit).
+          type: int
+        before:
+          description:
+            - The host value found. In the definition, C(0) means not set. For a cgroup
+              membership, the cgroup the process was in.
+          type: raw
+        after:
+          description:
+            - The host value written or already there, after mapping (for example C(cpu.shares)
+              = weight × 10.24). For a cgroup membership, the cgroup directory.
+          type: raw
+        changed:
+          description: Whether this value was (or in check mode would be) changed.
+          type: bool
       sample:
         - key: io_weight
           scope: live

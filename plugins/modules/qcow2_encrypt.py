@@ -32,7 +32,7 @@ description:
   - With O(libvirt_secret), also defines a private, persistent libvirt secret holding the passphrase and
     adds C(<encryption format='luks'>) referencing it to the disk of every libvirt guest defined with
     this image, so those guests start without a prompt.
-author: kvmsec.hardening developers
+author: kvmsec.hardening developers (@kvmsec)
 options:
   path:
     description:
@@ -105,7 +105,7 @@ options:
   backup:
     description:
       - Keep the original (unencrypted or legacy AES) image as C(PATH.DATE@TIME~), returned as RV(backup_file).
-        It still holds the data in plaintext: delete it once the guest runs from the encrypted image.
+        It still holds the data in plaintext, so delete it once the guest runs from the encrypted image.
     type: bool
     default: true
   flatten:
@@ -115,7 +115,7 @@ options:
       - V(true) writes one standalone encrypted image holding the data of the whole backing chain; the
         backing file itself is not changed and is no longer used by this image.
       - An image that is itself the backing file of another qcow2 image in its directory is always
-        refused (encrypting it would break those overlays): flatten or encrypt the overlays first.
+        refused (encrypting it would break those overlays); flatten or encrypt the overlays first.
     type: bool
     default: false
   when_in_use:
@@ -165,7 +165,7 @@ notes:
   - Needs C(qemu-img) and C(qemu-io) on the managed host, and libvirt-python for the libvirt features.
     When the module's Python lacks libvirt-python, the module re-runs itself under the system Python.
   - Enough free space beside the image for a second copy of its data is needed while converting.
-  - qcow2 LUKS encrypts the data, not the image's allocation map: which clusters are in use stays visible.
+  - qcow2 LUKS encrypts the data, not the image's allocation map; which clusters are in use stays visible.
   - A legacy AES image cannot tell a wrong password; the module samples the decrypted data and refuses
     when it looks like random bytes.
 seealso:

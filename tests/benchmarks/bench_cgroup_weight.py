@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Benchmark: I/O and CPU weights of 50 guests in one cgroup_weight task vs 100 virsh calls.
 
 Both sides do the same work in the same run, against the same 50 real TCG guests started
@@ -43,7 +42,8 @@ DOMAIN_XML = """<domain type='qemu'><name>{name}</name><memory unit='MiB'>32</me
 
 
 def virsh(*args):
-    proc = subprocess.run(["virsh", "-c", URI] + list(args), capture_output=True, text=True)
+    proc = subprocess.run(["virsh", "-c", URI] + list(args), capture_output=True, text=True,
+                          check=False)
     if proc.returncode != 0:
         raise SystemExit("virsh %s failed: %s" % (" ".join(args), proc.stderr.strip()))
     return proc.stdout
@@ -63,8 +63,8 @@ def create_guests(count, workdir, names):
 
 def remove_guests(names):
     for name in names:
-        subprocess.run(["virsh", "-c", URI, "destroy", name], capture_output=True)
-        subprocess.run(["virsh", "-c", URI, "undefine", name], capture_output=True)
+        subprocess.run(["virsh", "-c", URI, "destroy", name], capture_output=True, check=False)
+        subprocess.run(["virsh", "-c", URI, "undefine", name], capture_output=True, check=False)
 
 
 def baseline(names, io_weight, cpu_weight):
@@ -85,7 +85,7 @@ def module(names, io_weight, cpu_weight):
             "-c", "local", "-e", "ansible_python_interpreter=%s" % (ROOT / ".venv/bin/python"),
             "-m", "kvmsec.hardening.cgroup_weight", "-a", json.dumps(args)]
     start = time.perf_counter()
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env)
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
     elapsed = time.perf_counter() - start
     if proc.returncode != 0 or "CHANGED" not in proc.stdout:
         raise SystemExit("the module run failed or changed nothing:\n%s%s"
@@ -117,7 +117,7 @@ def ansible_loop(names, io_weight, cpu_weight):
                 "local", "-e", "ansible_python_interpreter=%s" % (ROOT / ".venv/bin/python"),
                 play.name]
         start = time.perf_counter()
-        proc = subprocess.run(argv, capture_output=True, text=True)
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
         elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit("the command loop failed:\n%s" % proc.stdout[-2000:])
@@ -156,7 +156,8 @@ def faster(baseline_seconds, module_seconds):
 
 def section(count, times, setup_seconds):
     median = dict((side, statistics.median(values)) for side, values in times.items())
-    rows = "\n".join("| %d | %.2f s | %.2f s | %.2f s |" % (i + 1, v, m, loop) for i, (v, m, loop)
+    rows = "\n".join("| %d | %.2f s | %.2f s | %.2f s | %.1f× | %.1f× |"
+                     % (i + 1, v, m, loop, v / m, loop / m) for i, (v, m, loop)
                      in enumerate(zip(times["virsh"], times["module"], times["loop"])))
     return """{begin}
 ## cgroup_weight: {count} guests in one task vs {calls} virsh calls
@@ -165,11 +166,15 @@ Measured by `tests/benchmarks/bench_cgroup_weight.py` on the development machine
 libvirt 9.0, cgroup v1 `blkio.bfq.weight`/`cpu.shares`), {date}. {count} real TCG guests,
 defined and started paused (`virsh start --paused`: real QEMU processes and cgroups, no guest
 CPU load; starting them took {setup:.0f} s). Each side sets the I/O and CPU weight of every
-guest, live and persistent, with new values each time; the rounds alternate the order of the
-sides, and the values are read back after each one.
+guest, live and persistent, with new values each time: (A) `virsh blkiotune NAME --weight W
+--live --config` and `virsh schedinfo NAME --set cpu_shares=S --live --config` per guest, one
+after another; (B) one `ansible localhost -m kvmsec.hardening.cgroup_weight` with all guests;
+(C) the same virsh calls as two `ansible.builtin.command` loops in one playbook; the rounds alternate the order of the
+sides, and the values are read back after each one. The machine is shared with other jobs
+(1-minute load average {load:.1f} at the end of the run), which spreads the rounds.
 
-| round | {calls} × `virsh blkiotune`/`schedinfo --live --config` in a shell loop | 1 × `ansible -m kvmsec.hardening.cgroup_weight` | the same {calls} virsh calls as `ansible.builtin.command` loops |
-|---|---|---|---|
+| round | A: {calls} × virsh | B: 1 × module task | C: {calls} × virsh as command loops | A ÷ B | C ÷ B |
+|---|---|---|---|---|---|
 {rows}
 
 Medians: bare virsh loop {virsh:.2f} s, module {module:.2f} s, Ansible command loop
@@ -178,16 +183,18 @@ from Ansible tasks, as a role without the module would, {vs_loop}. The module's 
 Ansible's start-up and reading every guest's live and persistent values before writing (which
 the virsh loops skip: they neither compare nor report).
 {end}""".format(begin=BEGIN, end=END, count=count, calls=2 * count, rows=rows,
-                date=time.strftime("%Y-%m-%d"), setup=setup_seconds, virsh=median["virsh"],
+                date=time.strftime("%Y-%m-%d"), setup=setup_seconds, load=os.getloadavg()[0],
+                virsh=median["virsh"],
                 module=median["module"], loop=median["loop"],
                 vs_virsh=faster(median["virsh"], median["module"]),
                 vs_loop=faster(median["loop"], median["module"]))
 
 
-def write_section(text):
+def write_section(text, begin=BEGIN, end=END):
+    """Replace (or append) the section between ``begin`` and ``end`` in docs/benchmarks.md."""
     content = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    if BEGIN in content:
-        content = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _m: text, content,
+    if begin in content:
+        content = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _m: text, content,
                          flags=re.S)
     else:
         content = content.rstrip("\n") + "\n\n" + text + "\n"
@@ -195,7 +202,7 @@ def write_section(text):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--guests", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")

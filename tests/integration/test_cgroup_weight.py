@@ -46,7 +46,8 @@ DOMAIN_XML = """<domain type='qemu'>
 
 
 def virsh(uri, *args, check=True):
-    proc = subprocess.run(["virsh", "-c", uri] + list(args), capture_output=True, text=True)
+    proc = subprocess.run(["virsh", "-c", uri] + list(args), capture_output=True, text=True,
+                          check=False)
     if check and proc.returncode != 0:
         raise AssertionError("virsh %s failed: %s" % (" ".join(args), proc.stderr))
     return proc.stdout
@@ -85,7 +86,7 @@ def module(guest_list, *flags, interpreter=VENV_PYTHON, **options):
         [ANSIBLE, "localhost", "-i", "localhost,", "-c", "local",
          "-e", "ansible_python_interpreter=%s" % interpreter,
          "-m", "kvmsec.hardening.cgroup_weight", "-a", json.dumps(args)] + list(flags),
-        capture_output=True, text=True, env=env, timeout=300)
+        capture_output=True, text=True, env=env, timeout=300, check=False)
     match = re.search(r"^localhost \| [A-Z!]+ => ", proc.stdout, re.M)
     assert match, "no module result in output:\n%s\n%s" % (proc.stdout, proc.stderr)
     return proc.returncode, json.loads(proc.stdout[match.end():]), proc.stdout
@@ -217,7 +218,8 @@ def test_module_respawns_under_the_system_python(libvirtd, guests, tmp_path):
     bare = tmp_path / "bare"
     subprocess.run(["/usr/bin/python3", "-m", "venv", "--without-pip", str(bare)], check=True)
     python = str(bare / "bin" / "python")
-    assert subprocess.run([python, "-c", "import libvirt"], capture_output=True).returncode != 0
+    probe = subprocess.run([python, "-c", "import libvirt"], capture_output=True, check=False)
+    assert probe.returncode != 0
     name = guests("respawn")
     rc, result, _out = module([{"name": name, "io_weight": 700}], interpreter=python)
     assert rc == 0 and result["changed"], result
@@ -388,7 +390,7 @@ def role(tmp_path, variables, *flags):
         [str(ROOT / ".venv" / "bin" / "ansible-playbook"), "-i", "localhost,", "-c", "local",
          "-e", "ansible_python_interpreter=%s" % VENV_PYTHON, "-e", "@%s" % (tmp_path / "vars.json"),
          str(tmp_path / "play.yml")] + list(flags),
-        capture_output=True, text=True, env=env, timeout=300)
+        capture_output=True, text=True, env=env, timeout=300, check=False)
     recap = re.search(r"^localhost\s*:.*$", proc.stdout, re.M)
     return proc.returncode, recap.group(0) if recap else "", proc.stdout
 

@@ -363,13 +363,11 @@ def build(fake, conn, guests, scope="both"):
 def test_domain_both_scopes_mapped_to_cpu_shares_on_v1(tmp_path):
     fake = FakeHost(tmp_path, version=1)
     dom = FakeDomain("db1")
-    planned = core.plan(build(fake, FakeConn(dom), [domain_guest("db1", io_weight=1000,
-                                                                  cpu_weight=1000)]))
-    core.apply(planned)
+    wanted = [domain_guest("db1", io_weight=1000, cpu_weight=1000)]
+    core.apply(core.plan(build(fake, FakeConn(dom), wanted)))
     assert ("blkio", 2, {"weight": 1000}) in dom.calls and ("blkio", 1, {"weight": 1000}) in dom.calls
     assert ("sched", 1, {"cpu_shares": 10240}) in dom.calls
-    changed, _guests, _diff = core.report(core.plan(build(fake, FakeConn(dom), [domain_guest(
-        "db1", io_weight=1000, cpu_weight=1000)])))
+    changed, _guests, _diff = core.report(core.plan(build(fake, FakeConn(dom), wanted)))
     assert not changed
 
 

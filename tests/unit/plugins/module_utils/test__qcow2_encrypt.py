@@ -6,9 +6,9 @@ other command runs for real on images made in tmp_path.
 
 import json
 import os
+import select
 import subprocess
 import sys
-import time
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -47,7 +47,7 @@ def read_ok(path, passphrase_file, pattern="0x5a", offset="1M", length="2M"):
     proc = subprocess.run(
         ["qemu-io", "-r", "--object", "secret,id=s,file=%s" % passphrase_file, "--image-opts",
          "driver=qcow2,file.filename=%s,encrypt.key-secret=s" % path,
-         "-c", "read -P %s %s %s" % (pattern, offset, length)], capture_output=True, text=True)
+         "-c", "read -P %s %s %s" % (pattern, offset, length)], capture_output=True, text=True, check=False)
     return proc.returncode == 0 and "verification failed" not in proc.stdout + proc.stderr
 
 
@@ -122,7 +122,7 @@ def test_plain_image_round_trip_keeps_data_sparseness_and_a_backup(tmp_path, run
     backup = result["backup_file"]
     assert os.path.basename(backup).startswith("vm.qcow2.") and backup.endswith("~")
     assert "encrypted" not in info(backup)
-    assert subprocess.run(["qemu-io", "-r", "-c", "read -P 0x5a 1M 2M", backup], capture_output=True).returncode == 0
+    assert subprocess.run(["qemu-io", "-r", "-c", "read -P 0x5a 1M 2M", backup], capture_output=True, check=False).returncode == 0
     assert siblings(tmp_path / "vm.qcow2") == sorted(["bad", "pw", "vm.qcow2", os.path.basename(backup)])
 
 
@@ -241,14 +241,22 @@ def holder(tmp_path):
     """A real QEMU process (qemu-io) holding an image open for writing, as a running guest does."""
     procs = []
 
-    def hold(image):
-        proc = subprocess.Popen(["qemu-io", image], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT)
+    def hold(image, passphrase_file=None):
+        argv = ["qemu-io", image]
+        if passphrase_file:
+            argv = ["qemu-io", "--object", "secret,id=s,file=" + passphrase_file, "--image-opts",
+                    "driver=qcow2,file.filename=%s,encrypt.key-secret=s" % image]
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         procs.append(proc)
-        deadline = time.monotonic() + 30
-        while not core.is_locked(core_run, image):
-            assert proc.poll() is None and time.monotonic() < deadline, "qemu-io did not lock the image"
-            time.sleep(0.05)
+        # qemu-io prints its prompt once the image is open (and locked); probing the lock with
+        # qemu-img meanwhile would itself make qemu-io's open fail
+        seen = b""
+        while b"qemu-io> " not in seen:
+            ready = select.select([proc.stdout], [], [], 30)[0]
+            chunk = os.read(proc.stdout.fileno(), 4096) if ready else b""
+            assert chunk, "qemu-io did not open the image: %s" % seen
+            seen += chunk
+        assert core.is_locked(core_run, image)
         return proc
 
     yield hold
@@ -258,7 +266,7 @@ def holder(tmp_path):
 
 
 def core_run(argv, data=None):
-    proc = subprocess.run(list(argv), input=data, capture_output=True)
+    proc = subprocess.run(list(argv), input=data, capture_output=True, check=False)
     return proc.returncode, proc.stdout.decode(), proc.stderr.decode()
 
 
@@ -277,7 +285,7 @@ def test_image_held_by_a_process_is_refused_naming_it(tmp_path, run, holder):
 def test_held_luks_image_is_still_verified_read_only(tmp_path, run, holder):
     image = make_image(tmp_path / "vm.qcow2")
     core.ensure(run, request(image, backup=False))
-    holder(image)
+    holder(image, secret_file(tmp_path, PASS))
     assert not core.ensure(run, request(image))["changed"]
     assert not core.ensure(run, request(image, state="verified"))["changed"]
 
@@ -285,11 +293,11 @@ def test_held_luks_image_is_still_verified_read_only(tmp_path, run, holder):
 def test_write_barrier_keeps_writers_out_but_lets_readers_in(tmp_path, run):
     image = make_image(tmp_path / "vm.qcow2")
     with core.WriteBarrier(image):
-        writer = subprocess.run(["qemu-io", "-c", "write -P 1 0 4k", image], capture_output=True, text=True)
+        writer = subprocess.run(["qemu-io", "-c", "write -P 1 0 4k", image], capture_output=True, text=True, check=False)
         assert writer.returncode != 0 and 'Failed to get "write" lock' in writer.stderr
         assert not core.is_locked(run, image)
         qemu_img("convert", "-O", "qcow2", image, str(tmp_path / "copy.qcow2"))
-    assert subprocess.run(["qemu-io", "-c", "write -P 1 0 4k", image], capture_output=True).returncode == 0
+    assert subprocess.run(["qemu-io", "-c", "write -P 1 0 4k", image], capture_output=True, check=False).returncode == 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -495,7 +503,9 @@ def test_flattened_image_loses_its_stale_backing_store_and_legacy_encryption_is_
 
 
 def test_volume_disks_are_matched_through_the_resolver():
-    is_vol = lambda source: source == ("volume", ("default", "vol.qcow2"))  # noqa: E731
+    def is_vol(source):
+        return source == ("volume", ("default", "vol.qcow2"))
+
     assert core.with_encryption(DOMAIN, is_vol, UUID, False)[1] == ["vdc"]
 
 

@@ -1,0 +1,485 @@
+"""qcow2_encrypt and the image_encryption role through Ansible, against the real qemu-img,
+qemu-io and libvirtd of this machine, with TCG guests.
+
+Guest images live under /var/lib/libvirt/images so that the guests' QEMU (user libvirt-qemu)
+can open them. The guests have no operating system: they sit in the firmware, which is enough
+for QEMU to open (and decrypt) their disks, and reading a guest's disk through QEMU's own
+block layer (HMP ``qemu-io``) proves the libvirt secret opened it.
+"""
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = ROOT / ".venv" / "bin"
+URI = "qemu:///system"
+PASS = "q3-Integration-Passphrase-4c1e9b"
+RESULT = re.compile(r"^\S+ \| (CHANGED|SUCCESS|FAILED!) => (\{.*)", re.S | re.M)
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def ansible_env():
+    return dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(ROOT / ".cache" / "collections"), ANSIBLE_NOCOLOR="1",
+                ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_INVENTORY_UNPARSED_WARNING="false",
+                ANSIBLE_FORCE_COLOR="0")
+
+
+def secrets_file(directory, values):
+    """Extra vars in a 0600 file: secrets never go on the ansible command line either."""
+    path = Path(directory) / ("vars-%s.json" % uuid.uuid4().hex[:8])
+    path.write_text(json.dumps(values))
+    path.chmod(0o600)
+    return path
+
+
+def module_argv(args, directory, check=False, diff=False, extra=None):
+    argv = [str(BIN / "ansible"), "localhost", "-m", "kvmsec.hardening.qcow2_encrypt", "-a", json.dumps(args),
+            "-e", "@%s" % secrets_file(directory, dict({"q3_pw": PASS}, **(extra or {})))]
+    return argv + (["--check"] if check else []) + (["--diff"] if diff else [])
+
+
+def module(args, directory, **kwargs):
+    """Run the module through Ansible: (status, result, whole output)."""
+    proc = subprocess.run(module_argv(args, directory, **kwargs), capture_output=True, text=True, env=ansible_env(), check=False)
+    output = proc.stdout + proc.stderr
+    match = RESULT.search(proc.stdout)
+    assert match, output
+    return match.group(1), json.JSONDecoder().raw_decode(match.group(2))[0], output
+
+
+def encrypt_args(path, **kwargs):
+    return dict({"path": str(path), "passphrase": "{{ q3_pw }}", "iter_time": 10}, **kwargs)
+
+
+def qemu_img(*args):
+    return subprocess.run(["qemu-img"] + list(args), check=True, capture_output=True, text=True).stdout
+
+
+def make_image(path, size="64M", random_mib=0):
+    if random_mib:
+        raw = str(path) + ".raw"
+        with open(raw, "wb") as handle:
+            for dummy in range(random_mib):
+                handle.write(os.urandom(1 << 20))
+        qemu_img("convert", "-f", "raw", "-O", "qcow2", raw, str(path))
+        os.unlink(raw)
+        qemu_img("resize", "-q", str(path), size)
+    else:
+        qemu_img("create", "-q", "-f", "qcow2", str(path), size)
+    subprocess.run(["qemu-io", "-c", "write -P 0x5a 1M 2M", str(path)], check=True, capture_output=True)
+    return Path(path)
+
+
+def passfile(directory, value=PASS, name="pass"):
+    path = Path(directory) / name
+    path.write_text(value)
+    path.chmod(0o600)
+    return path
+
+
+def reads_back(path, passphrase_file, pattern="0x5a", share=False):
+    opts = "driver=qcow2,file.filename=%s,encrypt.key-secret=s" % path + (",force-share=on" if share else "")
+    proc = subprocess.run(["qemu-io", "-r", "--object", "secret,id=s,file=%s" % passphrase_file, "--image-opts",
+                           opts, "-c", "read -P %s 1M 2M" % pattern], capture_output=True, text=True, check=False)
+    return proc.returncode == 0 and "verification failed" not in proc.stdout + proc.stderr
+
+
+def info(path):
+    return json.loads(qemu_img("info", "--output=json", "-U", str(path)))
+
+
+def sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def listing(directory):
+    """{name: sha256} of the images in a directory (the extra-vars files left out)."""
+    return dict((p.name, sha256(p)) for p in directory.iterdir() if not p.name.startswith("vars-"))
+
+
+def stray_secret_dirs():
+    """Secret directories of module runs that are no longer alive (other runs may be going on)."""
+    found = []
+    for name in os.listdir("/run"):
+        if name.startswith("kvmsec-qcow2-encrypt.") and not os.path.exists("/proc/" + name.split(".")[1]):
+            found.append(name)
+    return found
+
+
+def virsh(*args, check=True):
+    return subprocess.run(["virsh", "-c", URI] + list(args), check=check, capture_output=True, text=True)
+
+
+@pytest.fixture
+def images():
+    """A directory the guests' QEMU can reach."""
+    path = Path("/var/lib/libvirt/images") / ("kvmsec-q3-%s" % uuid.uuid4().hex[:8])
+    path.mkdir(mode=0o755, parents=True)
+    yield path
+    shutil.rmtree(str(path), ignore_errors=True)
+
+
+@pytest.fixture
+def guests(libvirtd):
+    """Define (and start) TCG guests with one disk; destroy and undefine them afterwards."""
+    names, secrets = [], []
+
+    def define(image, start=True):
+        name = "kvmsec-q3-%s" % uuid.uuid4().hex[:8]
+        xml = Path(str(image) + ".xml")
+        xml.write_text(
+            "<domain type='qemu'><name>%s</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>"
+            "<os><type arch='x86_64' machine='pc'>hvm</type></os><devices>"
+            "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='%s'/>"
+            "<target dev='vda' bus='virtio'/></disk></devices></domain>" % (name, image))
+        virsh("define", str(xml))
+        xml.unlink()
+        names.append(name)
+        if start:
+            virsh("start", name)
+        return name
+
+    define.secrets = secrets
+    yield define
+    for name in names:
+        virsh("destroy", name, check=False)
+        virsh("undefine", name, check=False)
+    for secret in secrets:
+        virsh("secret-undefine", secret, check=False)
+
+
+def guest_reads(name, pattern="0x5a"):
+    """Read the guest's disk through QEMU's block layer; qemu-io in HMP reports to the guest's log."""
+    log = Path("/var/log/libvirt/qemu/%s.log" % name)
+    size = log.stat().st_size
+    virsh("qemu-monitor-command", name, "--hmp", 'qemu-io libvirt-1-format "read -P %s 1M 64k"' % pattern)
+    deadline = time.monotonic() + 30
+    while True:
+        new = log.read_bytes()[size:].decode(errors="replace")
+        if "bytes at offset" in new:
+            return "verification failed" not in new
+        assert time.monotonic() < deadline, "no qemu-io answer in %s" % log
+        time.sleep(0.1)
+
+
+def guest_disk_encrypted(name):
+    nodes = json.loads(virsh("qemu-monitor-command", name, '{"execute":"query-named-block-nodes",'
+                                                           '"arguments":{"flat":true}}').stdout)["return"]
+    return [n["encrypted"] for n in nodes if n["node-name"] == "libvirt-1-format"] == [True]
+
+
+# ---------------------------------------------------------------------------------------------
+# the module
+
+
+def test_check_apply_idempotence_and_verification(images):
+    image = make_image(images / "vm.qcow2")
+    before = sha256(image)
+    status, result, output = module(encrypt_args(image), images, check=True, diff=True)
+    assert status == "CHANGED" and result["changes"] == ["encrypt the plain image with LUKS"]
+    assert '-    "encrypted": false,' in output and '+    "encrypt_format": "luks",' in output
+    assert listing(images) == {"vm.qcow2": before}
+
+    status, result, output = module(encrypt_args(image), images)
+    assert status == "CHANGED" and result["encrypted"] and result["encrypt_format"] == "luks"
+    assert result["cipher"] == {"cipher_alg": "aes-256", "cipher_mode": "xts", "ivgen_alg": "plain64",
+                                "hash_alg": "sha256"}
+    assert result["virtual_size"] == 64 << 20 and "kept as %s" % result["backup_file"] in output
+    assert info(image)["encrypted"] is True
+    assert reads_back(image, passfile(images)) and not reads_back(image, passfile(images, "wrong", "bad"))
+    assert sha256(result["backup_file"]) == before
+
+    for check in (False, True):
+        status, result, dummy = module(encrypt_args(image), images, check=check)
+        assert status == "SUCCESS" and result["changes"] == []
+    status, dummy, dummy2 = module(encrypt_args(image, state="verified"), images)
+    assert status == "SUCCESS"
+    status, result, dummy = module(encrypt_args(image, state="verified", passphrase="wrong"), images)
+    assert status == "FAILED!" and "passphrase does not open the LUKS-encrypted image" in result["msg"]
+
+
+def test_legacy_aes_image_is_re_encrypted(images):
+    image = images / "legacy.qcow2"
+    old = passfile(images, "old AES password", "old")
+    # QEMU 7.2's qemu-img still creates legacy AES images; its system emulators refuse to run them
+    qemu_img("create", "-q", "-f", "qcow2", "--object", "secret,id=o,file=%s" % old,
+             "-o", "encrypt.format=aes,encrypt.key-secret=o", str(image), "64M")
+    subprocess.run(["qemu-io", "--object", "secret,id=o,file=%s" % old, "--image-opts",
+                    "driver=qcow2,file.filename=%s,encrypt.key-secret=o" % image, "-c", "write -P 0x5a 1M 2M"],
+                   check=True, capture_output=True)
+    args = encrypt_args(image, old_passphrase="{{ q3_old }}")
+    status, result, dummy = module(args, images, extra={"q3_old": "old AES password"})
+    assert status == "CHANGED" and result["changes"] == ["re-encrypt the legacy AES image with LUKS"]
+    assert result["encrypt_format"] == "luks" and reads_back(image, passfile(images))
+    status, dummy, dummy2 = module(args, images, extra={"q3_old": "old AES password"})
+    assert status == "SUCCESS"
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("missing", "does not exist"),
+    ("raw", "is a raw image, not qcow2"),
+    ("backing", "has a backing file"),
+    ("base", "is the backing file of"),
+])
+def test_refusals_leave_the_host_unchanged(images, kind, message):
+    base = make_image(images / "base.qcow2")
+    top = images / "top.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "-b", str(base), "-F", "qcow2", str(top))
+    raw = images / "disk.img"
+    qemu_img("create", "-q", "-f", "raw", str(raw), "8M")
+    target = {"missing": images / "nope.qcow2", "raw": raw, "backing": top, "base": base}[kind]
+    before = listing(images)
+    status, result, dummy = module(encrypt_args(target), images)
+    assert status == "FAILED!" and message in result["msg"]
+    assert listing(images) == before
+
+
+def test_guest_in_use_then_unattended_start_with_a_private_secret(images, guests):
+    image = make_image(images / "guest.qcow2")
+    name = guests(image)
+    secret = str(uuid.uuid4())
+    guests.secrets.append(secret)
+    status, result, dummy = module(encrypt_args(image), images)
+    assert status == "FAILED!" and result["msg"] == (
+        "%s is in use by running libvirt guest %s; stop it first" % (image, name))
+    assert result["in_use_by"] == [name]
+    status, result, output = module(encrypt_args(image, when_in_use="skip"), images)
+    assert status == "SUCCESS" and result["skipped_changes"] == ["encrypt the plain image with LUKS"]
+    assert "in use by running libvirt guest %s: skipped" % name in output and not info(image).get("encrypted")
+
+    virsh("destroy", name)
+    args = encrypt_args(image, libvirt_secret={"uuid": secret})
+    status, result, output = module(args, images, diff=True)
+    assert status == "CHANGED" and result["libvirt_secret"] == secret
+    assert result["changes"][1:] == ["define private libvirt secret %s for %s" % (secret, image),
+                                     "use secret %s for disk vda of guest %s" % (secret, name)]
+    assert '+        "%s": "luks secret %s"' % (name, secret) in output
+    assert "private='yes'" in virsh("secret-dumpxml", secret).stdout
+    assert "secret is private" in virsh("secret-get-value", secret, check=False).stderr
+    assert "<secret type='passphrase' uuid='%s'/>" % secret in virsh("dumpxml", "--inactive", name).stdout
+
+    virsh("start", name)
+    assert virsh("domstate", name).stdout.strip() == "running"
+    assert guest_disk_encrypted(name) and guest_reads(name) and not guest_reads(name, "0x11")
+    assert info(image)["encrypted"] is True
+    assert qemu_img("info", "-U", str(image)).count("encrypted: yes") == 1
+    status, result, dummy = module(args, images)
+    assert status == "SUCCESS" and result["in_use_by"] == [name] and result["changes"] == []
+
+
+def test_passphrase_read_from_a_libvirt_secret(images, guests):
+    image = make_image(images / "vm.qcow2")
+    readable, private = str(uuid.uuid4()), str(uuid.uuid4())
+    guests.secrets.extend([readable, private])
+    for uid, flag in ((readable, "no"), (private, "yes")):
+        xml = images / ("%s.xml" % uid)
+        xml.write_text("<secret ephemeral='no' private='%s'><uuid>%s</uuid></secret>" % (flag, uid))
+        virsh("secret-define", str(xml))
+        virsh("secret-set-value", uid, "--file", str(passfile(images)), "--plain")
+    args = {"path": str(image), "iter_time": 10}
+    status, result, dummy = module(dict(args, passphrase_libvirt_secret=private), images)
+    assert status == "FAILED!" and "private secret's value cannot be read back" in result["msg"]
+    status, result, dummy = module(dict(args, passphrase_libvirt_secret=readable), images)
+    assert status == "CHANGED" and reads_back(image, passfile(images))
+
+
+def test_module_respawns_under_the_system_python_for_libvirt(images, guests, tmp_path):
+    bare = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    python = str(bare / "bin" / "python")
+    assert subprocess.run([python, "-c", "import libvirt"], capture_output=True, check=False).returncode != 0
+    image = make_image(images / "vm.qcow2")
+    name = guests(image)
+    status, result, dummy = module(encrypt_args(image), images, extra={"ansible_python_interpreter": python})
+    assert status == "FAILED!" and "running libvirt guest %s" % name in result["msg"]
+
+
+# ---------------------------------------------------------------------------------------------
+# faults and secret hygiene
+
+
+def wait_for_conversion(images, proc, min_bytes=64 << 20):
+    """PID of qemu-img convert once its temporary file holds data (the copy is under way)."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the run ended before the conversion could be caught midway"
+        temps = list(images.glob(".*.kvmsec-encrypt.*~"))
+        if temps and temps[0].stat().st_size > min_bytes:
+            for pid in os.listdir("/proc"):
+                try:
+                    cmdline = open("/proc/%s/cmdline" % pid, "rb").read().split(b"\0")
+                except OSError:
+                    continue
+                if cmdline[:2] == [b"qemu-img", b"convert"] and str(temps[0]).encode() in cmdline:
+                    return int(pid)
+        time.sleep(0.01)
+    raise AssertionError("no conversion seen")
+
+
+def test_sigkill_of_qemu_img_midway_leaves_original_intact_and_no_stray_files(images):
+    image = make_image(images / "big.qcow2", size="1G", random_mib=512)
+    before = sha256(image)
+    proc = subprocess.Popen(module_argv(encrypt_args(image), images), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=ansible_env())
+    os.kill(wait_for_conversion(images, proc), signal.SIGKILL)
+    output = proc.communicate()[0]
+    assert "FAILED!" in output and "qemu-img convert failed (exit -9)" in output
+    assert sha256(image) == before and qemu_img("check", str(image))
+    assert listing(images) == {"big.qcow2": before} and stray_secret_dirs() == []
+
+
+def test_sigkill_of_the_module_and_qemu_img_midway_then_the_next_run_cleans_up(images):
+    """The module's own process dies too (OOM killer, kill -9): no cleanup code can run."""
+    image = make_image(images / "big.qcow2", size="1G", random_mib=512)
+    before = sha256(image)
+    proc = subprocess.Popen(module_argv(encrypt_args(image), images), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=ansible_env())
+    converter = wait_for_conversion(images, proc)
+    with open("/proc/%d/stat" % converter) as handle:
+        module_pid = int(handle.read().rsplit(")", 1)[1].split()[1])
+    os.kill(module_pid, signal.SIGKILL)
+    os.kill(converter, signal.SIGKILL)
+    assert "FAILED!" in proc.communicate()[0]
+    assert sha256(image) == before and qemu_img("check", str(image))
+    leftovers = list(images.glob(".big.qcow2.kvmsec-encrypt.*~"))
+    assert len(leftovers) == 1 and len(stray_secret_dirs()) >= 1  # nothing could remove them
+    status, result, dummy = module(encrypt_args(image, backup=False), images)
+    assert status == "CHANGED", result
+    assert "remove %s, left by an interrupted run" % leftovers[0] in result["changes"]
+    assert list(listing(images)) == ["big.qcow2"]
+    assert reads_back(image, passfile(images)) and stray_secret_dirs() == []
+
+
+class CmdlineWatcher(threading.Thread):
+    """Read every process's command line and environment until stopped."""
+
+    def __init__(self, needle):
+        super(CmdlineWatcher, self).__init__(daemon=True)
+        self.needle = needle.encode()
+        self.leaks, self.conversions = [], 0
+        self.done = threading.Event()
+
+    def run(self):
+        while not self.done.is_set():
+            for pid in os.listdir("/proc"):
+                for what in ("cmdline", "environ"):
+                    try:
+                        data = open("/proc/%s/%s" % (pid, what), "rb").read()
+                    except OSError:
+                        continue
+                    if self.needle in data:
+                        self.leaks.append((pid, what, data[:200]))
+                    if what == "cmdline" and data.startswith(b"qemu-img\0convert\0"):
+                        self.conversions += 1
+            time.sleep(0.005)
+
+
+def test_passphrase_never_on_a_command_line_nor_in_verbose_output(images, tmp_path):
+    image = make_image(images / "vm.qcow2", size="512M", random_mib=256)
+    playbook = tmp_path / "encrypt.yml"
+    playbook.write_text(
+        "- hosts: localhost\n  gather_facts: false\n  tasks:\n"
+        "    - kvmsec.hardening.qcow2_encrypt:\n        path: %s\n        passphrase: '{{ q3_pw }}'\n"
+        "      register: q3_result\n    - ansible.builtin.debug:\n        var: q3_result\n" % image)
+    watcher = CmdlineWatcher(PASS)
+    watcher.start()
+    try:
+        proc = subprocess.run([str(BIN / "ansible-playbook"), "-vvv", str(playbook), "-e",
+                               "@%s" % secrets_file(images, {"q3_pw": PASS})],
+                              capture_output=True, text=True, env=ansible_env(), check=False)
+    finally:
+        watcher.done.set()
+        watcher.join()
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    assert watcher.conversions > 0, "the watcher never saw the conversion: it proves nothing"
+    assert watcher.leaks == []
+    assert PASS not in output and "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER" in output
+    assert '"encrypt_format": "luks"' in output and reads_back(image, passfile(images))
+
+
+# ---------------------------------------------------------------------------------------------
+# the role
+
+
+def role_playbook(tmp_path, role_vars):
+    path = tmp_path / "role.yml"
+    path.write_text(json.dumps([{"hosts": "localhost", "gather_facts": False, "vars": role_vars,
+                                 "roles": [{"role": "kvmsec.hardening.image_encryption"}]}]))
+    return path
+
+
+def play(playbook, directory, check=False):
+    argv = [str(BIN / "ansible-playbook"), str(playbook), "-e", "@%s" % secrets_file(directory, {"q3_pw": PASS})]
+    proc = subprocess.run(argv + (["--check"] if check else []), capture_output=True, text=True, env=ansible_env(), check=False)
+    output = proc.stdout + proc.stderr
+    recap = re.search(r"localhost\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=0\s+failed=(\d+)", output)
+    assert recap, output
+    return int(recap.group(2)), int(recap.group(3)), output
+
+
+def test_role_restarts_a_running_guest_and_it_runs_from_the_encrypted_image(images, guests, tmp_path):
+    image = make_image(images / "guest.qcow2")
+    name = guests(image)
+    playbook = role_playbook(tmp_path, {
+        "image_encryption_images": [{"path": str(image), "passphrase": "{{ q3_pw }}"}],
+        "image_encryption_restart_guests": True,
+        # this guest has no OS to answer the ACPI shutdown request: the role powers it off
+        "image_encryption_shutdown_timeout": 5, "image_encryption_force_off": True,
+        "image_encryption_iter_time": 10, "image_encryption_keep_backups": False})
+    changed, failed, output = play(playbook, images, check=True)
+    assert failed == 0 and virsh("domstate", name).stdout.strip() == "running" and not info(image).get("encrypted")
+    changed, failed, output = play(playbook, images)
+    assert failed == 0 and changed > 0, output
+    secret = re.search(r"<secret type='passphrase' uuid='([0-9a-f-]+)'/>",
+                       virsh("dumpxml", "--inactive", name).stdout).group(1)
+    guests.secrets.append(secret)
+    assert virsh("domstate", name).stdout.strip() == "running"
+    assert guest_disk_encrypted(name) and guest_reads(name)
+    assert info(image)["encrypted"] is True and PASS not in output
+    changed, failed, output = play(playbook, images)
+    assert (changed, failed) == (0, 0), output
+
+
+def test_role_encrypts_the_qcow2_volumes_of_a_pool(images, guests, tmp_path):
+    pool = "kvmsec-q3-%s" % uuid.uuid4().hex[:8]
+    first, second = make_image(images / "a.qcow2"), make_image(images / "b.qcow2")
+    raw = images / "c.img"
+    qemu_img("create", "-q", "-f", "raw", str(raw), "8M")
+    virsh("pool-create-as", pool, "dir", "--target", str(images))
+    try:
+        playbook = role_playbook(tmp_path, {"image_encryption_pools": [pool],
+                                            "image_encryption_passphrase": "{{ q3_pw }}",
+                                            "image_encryption_iter_time": 10})
+        changed, failed, output = play(playbook, images)
+        assert failed == 0 and changed > 0, output
+        for image in (first, second):
+            assert info(image)["encrypted"] is True and reads_back(image, passfile(images))
+            guests.secrets.append(str(uuid.uuid5(uuid.UUID("361E6D51-FAEC-444A-9079-341386DA8E2E"),
+                                                 "localhost:%s" % image)))
+        assert info(raw)["format"] == "raw"
+        assert "<encryption format='luks'" in virsh("vol-dumpxml", str(first)).stdout
+        assert len(list(images.glob("*.qcow2.*~"))) == 2  # the plaintext backups, kept by default
+        changed, failed, output = play(playbook, images)
+        assert (changed, failed) == (0, 0), output
+    finally:
+        virsh("pool-destroy", pool, check=False)
