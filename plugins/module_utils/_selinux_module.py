@@ -384,11 +384,8 @@ def _cil_of_pp(name, data, tools, run, workdir):
     return _read(target, binary=True, what="converted module")
 
 
-def build(spec, host, tools, run, workdir):
-    """Compile one module source into what semodule installs; SelinuxModuleError on any error."""
-    fc_text = spec.fc_content if spec.fc_src is None else _read(spec.fc_src, what="file contexts")
-    if_text = spec.if_content if spec.if_src is None else _read(spec.if_src, what="interface")
-    generated = denials = None
+def _source(spec):
+    """(format, text, origin, generated .te or None, number of denial rules or None)."""
     if spec.avc is not None:
         rules = parse_denials(spec.avc)
         if not rules:
@@ -396,43 +393,41 @@ def build(spec, host, tools, run, workdir):
                                      "(give audit log lines or ausearch -m AVC,USER_AVC output)"
                                      % spec.name)
         generated = generate_te(spec.name, rules)
-        denials = len(rules)
-        fmt, text, origin = "te", generated, "avc"
-    elif spec.src is not None:
+        return "te", generated, "avc", generated, len(rules)
+    if spec.src is not None:
         fmt = _format_of(spec)
-        text = None if fmt == "pp" else _read(spec.src)
-        origin = fmt
-    else:
-        text = spec.content
-        fmt = _format_of(spec, text)
-        origin = fmt
+        return fmt, None if fmt == "pp" else _read(spec.src), fmt, None, None
+    fmt = _format_of(spec, spec.content)
+    if fmt == "pp":
+        raise SelinuxModuleError("module %s: a .pp is binary: give it as src, not content" % spec.name)
+    return fmt, spec.content, fmt, None, None
+
+
+def _compiled(spec, fmt, text, fc_text, host, tools, run, workdir):
+    """(installed format, bytes semodule installs, the CIL libsemanage will keep)."""
+    if fmt == "te":
+        data = _compile_te(spec, text, fc_text, host, tools, run, workdir)
+        return "pp", data, _cil_of_pp(spec.name, data, tools, run, workdir)
+    if fmt == "pp":
+        data = _read(spec.src, binary=True, what="policy package")
+        _check_pp(spec.name, data, host)
+        return "pp", data, _cil_of_pp(spec.name, data, tools, run, workdir)
+    data = text.encode("utf-8")
+    return "cil", data, data
+
+
+def build(spec, host, tools, run, workdir):
+    """Compile one module source into what semodule installs; SelinuxModuleError on any error."""
+    fc_text = spec.fc_content if spec.fc_src is None else _read(spec.fc_src, what="file contexts")
+    if_text = spec.if_content if spec.if_src is None else _read(spec.if_src, what="interface")
+    fmt, text, origin, generated, denials = _source(spec)
     if fc_text is not None and fmt != "te":
         raise SelinuxModuleError("module %s: file contexts (fc_src, fc_content) go with a .te "
                                  "source; a %s carries its own" % (spec.name, fmt))
-    sources = {}
-    if spec.avc is not None:
-        sources["avc"] = spec.avc
-    if fmt == "te":
-        sources["te"] = text
-        data = _compile_te(spec, text, fc_text, host, tools, run, workdir)
-        cil = _cil_of_pp(spec.name, data, tools, run, workdir)
-        installed_format = "pp"
-    elif fmt == "pp":
-        data = _read(spec.src, binary=True, what="policy package") if spec.src else None
-        if data is None:
-            raise SelinuxModuleError("module %s: a .pp is binary: give it as src, not content"
-                                     % spec.name)
-        _check_pp(spec.name, data, host)
-        cil = _cil_of_pp(spec.name, data, tools, run, workdir)
-        installed_format = "pp"
-    else:
-        data = text.encode("utf-8")
-        cil = data
-        installed_format = "cil"
-    if fc_text is not None:
-        sources["fc"] = fc_text
-    if if_text is not None:
-        sources["if"] = if_text
+    installed_format, data, cil = _compiled(spec, fmt, text, fc_text, host, tools, run, workdir)
+    sources = dict((ext, value) for ext, value in (("avc", spec.avc), ("te", text if fmt == "te" else None),
+                                                   ("fc", fc_text), ("if", if_text))
+                   if value is not None)
     return Build(spec.name, installed_format, data, _sha256(cil), sources, origin,
                  generated=generated, denials=denials)
 
@@ -558,6 +553,7 @@ class VersionStore(object):
         if self.has(built.name, built.sha256, built.format):
             return None
         directory = os.path.join(self.module_dir(built.name), built.sha256)
+        _makedirs(self.module_dir(built.name))
         _makedirs(directory)
         for ext, text in sorted(built.sources.items()):
             atomic_write(os.path.join(directory, "%s.%s" % (built.name, ext)), text, mode=0o600)
@@ -598,11 +594,14 @@ class VersionStore(object):
 
 
 def _makedirs(path):
+    """A directory only root may enter (with its parents, which get the usual 0755)."""
     try:
         os.makedirs(path, 0o700)
     except OSError as exc:
         if exc.errno != errno.EEXIST:
             raise
+    else:
+        os.chmod(path, 0o700)
 
 
 def rollback_target(name, index, current):

@@ -27,6 +27,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import errno
+import functools
 import hashlib
 import io
 import os
@@ -83,7 +84,9 @@ def level_categories(level):
     return frozenset(cats)
 
 
+@functools.lru_cache(maxsize=4096)
 def context_categories(context):
+    """Categories of a context; memoized (pure), since planning compares every pair of domains."""
     return level_categories(split_context(context)[3])
 
 
@@ -326,10 +329,20 @@ class Domain(object):
         self.process_label = None
         self.image_labels = {}
         self.apparmor_files = None
+        self._seclabels = {}
 
     @property
     def active(self):
         return self.live_xml is not None
+
+    def seclabel(self, model, live=False):
+        """The seclabel of the definition (or of the running guest), parsed once: planning
+        looks at every domain for every request."""
+        key = (model, live)
+        if key not in self._seclabels:
+            xml_text = self.live_xml if live else self.config_xml
+            self._seclabels[key] = seclabel_for(xml_text, model) if xml_text else None
+        return self._seclabels[key]
 
 
 def read_domains(conn, libvirt, model, host):
@@ -355,7 +368,7 @@ def observe(domain, model, host):
         for disk in disks(domain.live_xml, model):
             domain.image_labels[disk["path"]] = host.file_label(disk["path"])
     else:
-        live = seclabel_for(domain.live_xml, model) or {}
+        live = domain.seclabel(model, live=True) or {}
         if live.get("label"):
             domain.apparmor_files = host.apparmor_files(live["label"])
 
@@ -418,7 +431,7 @@ def find(domains, name):
 def live_categories(domain, model):
     if model != "selinux" or not domain.active:
         return None
-    live = seclabel_for(domain.live_xml, model)
+    live = domain.seclabel(model, live=True)
     label = (live or {}).get("label") or domain.process_label
     if not label or (live or {}).get("type") == "none":
         return None
@@ -442,7 +455,7 @@ def occupied(domains, model, planned, exclude):
     for domain in domains:
         if domain.name == exclude:
             continue
-        seclabel = planned.get(domain.name, seclabel_for(domain.config_xml, model))
+        seclabel = planned.get(domain.name, domain.seclabel(model))
         for cats in (live_categories(domain, model), next_categories(domain, seclabel, model)):
             if cats:
                 entries.append((cats, domain.name))
@@ -496,7 +509,7 @@ class GuestPlan(object):
 def desired_seclabel(request, domain, model, baselabels, taken, reserved):
     """(seclabel, allocated) for one request, given the categories others hold."""
     kind = request.get("type") or "dynamic"
-    current = seclabel_for(domain.config_xml, model)
+    current = domain.seclabel(model)
     desired = {"type": kind, "model": model, "relabel": request.get("relabel", True) is not False,
                "label": None, "baselabel": None}
     if kind == "dynamic" and current and current["type"] == "dynamic":
@@ -553,11 +566,12 @@ def plan(model, requests, domains, reserved=(), baselabels=None, allow_unconfine
     planned = {}
     decided = {}
     for request, domain in sorted(pairs, key=lambda pair: _auto_static(pair[0])):
+        undecided = auto - set(planned)
         taken = [cats for cats, name in occupied(domains, model, planned, exclude=domain.name)
-                 if name not in auto - set(planned)]
+                 if name not in undecided]
         after, allocated = desired_seclabel(request, domain, model, baselabels or {}, taken, reserved)
         planned[domain.name] = after
-        decided[domain.name] = GuestPlan(request, domain, seclabel_for(domain.config_xml, model),
+        decided[domain.name] = GuestPlan(request, domain, domain.seclabel(model),
                                          after, allocated)
     shared = [item for item in collisions(domains, model, planned) if item["where"] == "next start"]
     if shared:
@@ -581,7 +595,7 @@ def collisions(domains, model, planned):
             if where == "running":
                 cats = live_categories(domain, model)
             else:
-                seclabel = planned.get(domain.name, seclabel_for(domain.config_xml, model))
+                seclabel = planned.get(domain.name, domain.seclabel(model))
                 cats = next_categories(domain, seclabel, model)
             if cats:
                 holders.setdefault(cats, []).append(domain.name)
@@ -596,7 +610,7 @@ def overlaps(domains, model, planned):
     """Pairs where one guest's categories strictly include another's: it can read those images."""
     cats_by_name = {}
     for domain in domains:
-        seclabel = planned.get(domain.name, seclabel_for(domain.config_xml, model))
+        seclabel = planned.get(domain.name, domain.seclabel(model))
         for cats in (live_categories(domain, model), next_categories(domain, seclabel, model)):
             if cats:
                 cats_by_name.setdefault(domain.name, set()).add(cats)
@@ -617,7 +631,7 @@ def check_selinux(domain, model, fix):
     Returns (report, fixes) where fixes are (path, label now, label wanted) for images that
     may be relabelled (``fix``: the user asked for a static label with relabelling).
     """
-    live = seclabel_for(domain.live_xml, model) or {}
+    live = domain.seclabel(model, live=True) or {}
     report = {"process_label": domain.process_label, "expected_process_label": live.get("label"),
               "images": [], "problems": []}
     fixes = []
@@ -662,7 +676,7 @@ def _image_status(disk, label, live):
 
 def check_apparmor(domain, model, fix):
     """A running guest must be confined by its own libvirt profile in enforce mode."""
-    live = seclabel_for(domain.live_xml, model) or {}
+    live = domain.seclabel(model, live=True) or {}
     profile, mode = apparmor_state(domain.process_label or "unconfined")
     report = {"process_label": domain.process_label, "expected_process_label":
               "%s (enforce)" % live["label"] if live.get("label") else None,
@@ -739,7 +753,7 @@ def restart_required(guest, model):
     """A running guest keeps the label it was started with until libvirt starts it again."""
     if not guest.domain.active:
         return False
-    return comparable(guest.after) != comparable(seclabel_for(guest.domain.live_xml, model))
+    return comparable(guest.after) != comparable(guest.domain.seclabel(model, live=True))
 
 
 def guest_result(guest, model):
@@ -763,8 +777,8 @@ def guest_result(guest, model):
 
 
 def domain_result(domain, model, planned, running_report):
-    config = planned.get(domain.name, seclabel_for(domain.config_xml, model))
-    live = seclabel_for(domain.live_xml, model) if domain.active else None
+    config = planned.get(domain.name, domain.seclabel(model))
+    live = domain.seclabel(model, live=True) if domain.active else None
     label = (live or config or {}).get("label")
     problems = []
     if config is not None and config["type"] == "none":

@@ -252,20 +252,23 @@ def _dev_name(host, dev_path):
     return os.path.basename(real or dev_path)
 
 
+def _routes_traffic(flags_hex):
+    """RTF_UP set and RTF_REJECT clear: an "unreachable"/"prohibit" default is no route out."""
+    flags = int(flags_hex, 16)
+    return bool(flags & 0x1) and not flags & 0x200
+
+
 def default_route_interfaces(host):
     names = set()
     for line in (host.read("proc/net/route", "") or "").splitlines()[1:]:
         fields = line.split()
         if (len(fields) >= 8 and fields[1] == "00000000" and fields[7] == "00000000"
-                and int(fields[3], 16) & 0x1):
+                and _routes_traffic(fields[3])):
             names.add(fields[0])
     for line in (host.read("proc/net/ipv6_route", "") or "").splitlines():
         fields = line.split()
-        if len(fields) != 10 or fields[0] != "0" * 32 or fields[1] != "00" or fields[9] == "lo":
-            continue
-        flags = int(fields[8], 16)
-        # RTF_UP set and RTF_REJECT clear: the kernel's "unreachable" default is no route
-        if flags & 0x1 and not flags & 0x200:
+        if (len(fields) == 10 and fields[0] == "0" * 32 and fields[1] == "00"
+                and _routes_traffic(fields[8])):
             names.add(fields[9])
     return sorted(names)
 
@@ -448,15 +451,15 @@ class Change(object):
     def __init__(self, device, entry, state, persistent):
         self.device = device
         self.state = state
+        remembered = (entry or {}).get("previous_driver")
         if state == "bound":
-            keep = device.driver == VFIO and entry is not None
-            self.previous_driver = entry.get("previous_driver") if keep else (
-                None if device.driver == VFIO else device.driver)
+            # already on vfio-pci: keep what was remembered; else the driver it leaves now
+            self.previous_driver = remembered if device.driver == VFIO else device.driver
             self.after_driver, self.after_override = VFIO, VFIO
             self.entry = {"previous_driver": self.previous_driver, "persistent": persistent}
             self.kernel_chooses = False
         else:
-            self.previous_driver = (entry or {}).get("previous_driver")
+            self.previous_driver = remembered
             leaving = device.driver == VFIO
             self.after_driver = self.previous_driver if leaving else device.driver
             # nothing remembered: the kernel's default probe chooses, which a plan cannot know

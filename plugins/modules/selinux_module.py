@@ -279,8 +279,8 @@ modules:
         module local_libvirt 1.0;
 
         require {
-        	type virtd_t;
-        	class capability2 bpf;
+            type virtd_t;
+            class capability2 bpf;
         }
 
         #============= virtd_t ==============
@@ -424,11 +424,13 @@ def main():
                          exception=SELINUX_IMPORT_ERROR)
     params = module.params
     try:
+        specs = specs_of(params)
+        # bad input is reported as such, before anything about the host
+        core.validate(specs)
         store = core.VersionStore(params["state_dir"], keep=params["keep_versions"])
         manager = core.Manager(module_runner(module), find_tools(module), host_policy(), store,
                                priority=params["priority"])
-        changed, modules, transaction, diff, warnings = core.run_modules(
-            specs_of(params), manager, module.check_mode)
+        changed, modules, transaction, diff, warnings = core.run_modules(specs, manager, module.check_mode)
     except (core.SelinuxModuleError, CommandError, IOError, OSError) as exc:
         module.fail_json(msg="selinux_module: %s" % exc)
     if not selinux.is_selinux_enabled():

@@ -189,8 +189,8 @@ def test_denials_from_a_real_guest_start():
     rules = core.parse_denials((DATA / "avc-libvirt-guest-start.txt").read_text())
     assert rules[("virtd_t", "systemd_machined_t", "dbus")] == {"send_msg"}        # USER_AVC
     assert rules[("systemd_machined_t", "virtd_t", "dbus")] == {"send_msg"}
-    assert rules[("virtd_t", "self", "bpf")] == {"map_create", "map_read", "map_write",
-                                                  "prog_load", "prog_run"}
+    bpf = {"map_create", "map_read", "map_write", "prog_load", "prog_run"}
+    assert rules[("virtd_t", "self", "bpf")] == bpf
     assert rules[("virtd_t", "device_t", "filesystem")] == {"unmount"}
     assert rules[("svirt_t", "sysfs_t", "file")] == {"getattr", "open", "read"}
     assert len(rules) == 12
@@ -317,6 +317,7 @@ def test_batch_installs_in_one_transaction_then_nothing(manager, semodule, store
     kept = Path(store.module_dir("kvmsec_ta")) / modules[1]["sha256"]
     assert sorted(p.name for p in kept.iterdir()) == ["kvmsec_ta.fc", "kvmsec_ta.pp", "kvmsec_ta.te"]
     assert oct(kept.stat().st_mode & 0o777) == "0o700"
+    assert oct(kept.parent.stat().st_mode & 0o777) == "0o700"
     assert "400 kvmsec_libvirt pp sha256:%s" % LIBVIRT_SHA256 in diff[0]["after"]
     assert diff[0]["before"] == ""
 

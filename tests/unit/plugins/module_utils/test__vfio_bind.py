@@ -189,14 +189,14 @@ def add_device(root, address, vendor, device, pci_class, header, driver, group, 
     return base
 
 
-def make_lab(root, iommu=True, devices=LAB, tables=("APIC", "DMAR", "DSDT", "FACP")):
+def make_lab(root, iommu=True, devices=None, tables=("APIC", "DMAR", "DSDT", "FACP")):
     root = str(root)
     for driver in LAB_DRIVERS:
         for name in ("bind", "unbind", "new_id"):
             write(root, "sys/bus/pci/drivers/%s/%s" % (driver, name), "")
     write(root, "sys/bus/pci/drivers_probe", "")
     os.makedirs(os.path.join(root, "sys/kernel/iommu_groups"))
-    for address, vendor, device, pci_class, header, driver, group in devices:
+    for address, vendor, device, pci_class, header, driver, group in devices or LAB:
         add_device(root, address, vendor, device, pci_class, header, driver,
                    group if iommu else None)
     for table in tables:
@@ -326,6 +326,12 @@ def test_ipv6_unreachable_default_on_lo_is_no_route(lab):
     assert core.default_route_interfaces(lab) == ["eth0"]  # the IPv6 default alone
     write(lab.root, "proc/net/ipv6_route", LAB_IPV6_ROUTE.splitlines()[2] + "\n")
     assert core.default_route_interfaces(lab) == []
+    # ip route add unreachable default / ip -6 route add prohibit default: up, but rejecting
+    write(lab.root, "proc/net/route", LAB_ROUTE.splitlines()[0] + "\n"
+          "*\t00000000\t00000000\t0201\t0\t0\t0\t00000000\t0\t0\t0\n")
+    write(lab.root, "proc/net/ipv6_route", LAB_IPV6_ROUTE.splitlines()[2].replace(
+        "00200200", "00200201") + "\n")
+    assert core.default_route_interfaces(lab) == []
 
 
 def test_host_needs_follow_bridges_bonds_lvm_swap_and_consoles(tmp_path):
@@ -341,7 +347,8 @@ def test_host_needs_follow_bridges_bonds_lvm_swap_and_consoles(tmp_path):
     write(root, "proc/self/mountinfo",
           "26 1 253:0 / / rw - xfs /dev/mapper/vg-root rw\n"
           "27 26 259:2 / /boot rw - ext4 /dev/nvme0n1p2 rw\n"
-          "28 26 0:40 / /srv rw - btrfs /dev/nvme0n1p3 rw\n")
+          "28 26 0:40 / /srv rw - btrfs /dev/nvme0n1p3 rw\n"
+          "29 26 9:1 / /var/lib\\040images rw - ext4 /dev/md0p1 rw\n")
     write(root, "proc/swaps", "Filename Type Size Used Priority\n/dev/dm-1 partition 1 0 -2\n")
     disk = "sys/devices/pci0000:5d/0000:5d:00.0/%s/nvme/nvme0/nvme0n1" % nvme
     for part in ("nvme0n1p2", "nvme0n1p3", "nvme0n1p4"):
@@ -353,6 +360,11 @@ def test_host_needs_follow_bridges_bonds_lvm_swap_and_consoles(tmp_path):
         link(root, "sys/devices/virtual/block/%s/slaves/%s" % (dm, part), disk + "/" + part)
         link(root, "sys/class/block/" + dm, "sys/devices/virtual/block/" + dm)
     link(root, "sys/dev/block/253:0", "sys/devices/virtual/block/dm-0")
+    # a partitioned md array: its members hang off the whole array, not off the partition
+    os.makedirs(os.path.join(root, "sys/devices/virtual/block/md0/md0p1"))
+    os.makedirs(os.path.join(root, disk, "nvme0n1p5"))
+    link(root, "sys/devices/virtual/block/md0/slaves/nvme0n1p5", disk + "/nvme0n1p5")
+    link(root, "sys/dev/block/9:1", "sys/devices/virtual/block/md0/md0p1")
     # default route on br0 <- bond0 <- the two i40e ports
     write(root, "proc/net/route", LAB_ROUTE.replace("eth0", "br0"))
     write(root, "proc/net/ipv6_route", "")
@@ -376,7 +388,8 @@ def test_host_needs_follow_bridges_bonds_lvm_swap_and_consoles(tmp_path):
 
     needs = core.host_needs(host)
     assert needs[nvme] == ["holds the mounted filesystem /", "holds the mounted filesystem /boot",
-                           "holds the mounted filesystem /srv", "holds swap on /dev/dm-1"]
+                           "holds the mounted filesystem /srv",
+                           "holds the mounted filesystem /var/lib images", "holds swap on /dev/dm-1"]
     assert needs["0000:5d:00.0"] == needs[nvme]  # the root port above it
     assert needs[nic_a] == needs[nic_b] == ["carries the default route (br0)"]
     assert needs[gpu] == ["drives the console framebuffer fb0"]
