@@ -252,13 +252,9 @@ guests:
 
 import traceback
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-from ansible.module_utils.common.respawn import (
-    has_respawned,
-    probe_interpreters_for_module,
-    respawn_module,
-)
+from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kvmsec.hardening.plugins.module_utils import _cgroup_weight as core
+from ansible_collections.kvmsec.hardening.plugins.module_utils._respawn import respawn_or_fail
 
 try:
     import libvirt
@@ -268,7 +264,6 @@ except ImportError:
 else:
     LIBVIRT_IMPORT_ERROR = None
 
-SYSTEM_PYTHONS = ["/usr/bin/python3", "/usr/libexec/platform-python", "/usr/bin/python"]
 
 DEVICE_SPEC = dict(
     path=dict(type="str", required=True),
@@ -312,12 +307,8 @@ def main():
     )
     guests = module.params["guests"]
     if libvirt is None and any(guest["target"] == "domain" for guest in guests):
-        if not has_respawned():
-            interpreter = probe_interpreters_for_module(SYSTEM_PYTHONS, "libvirt")
-            if interpreter:
-                respawn_module(interpreter)
-        module.fail_json(msg=missing_required_lib("libvirt-python (Debian: python3-libvirt)"),
-                         exception=LIBVIRT_IMPORT_ERROR)
+        respawn_or_fail(module, "libvirt", "libvirt-python (Debian: python3-libvirt)",
+                        LIBVIRT_IMPORT_ERROR)
 
     errors = (core.CgroupWeightError, IOError, OSError)
     if libvirt is not None:

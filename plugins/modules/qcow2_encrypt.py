@@ -263,10 +263,10 @@ libvirt_secret:
 
 import traceback
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-from ansible.module_utils.common.respawn import has_respawned, probe_interpreters_for_module, respawn_module
+from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.text.converters import to_bytes
 from ansible_collections.kvmsec.hardening.plugins.module_utils import _qcow2_encrypt as core
+from ansible_collections.kvmsec.hardening.plugins.module_utils._respawn import respawn_or_fail
 from ansible_collections.kvmsec.hardening.plugins.module_utils._command import CommandError, module_runner
 
 LIBVIRT_IMPORT_ERROR = None
@@ -277,7 +277,6 @@ except ImportError:
     LIBVIRT_IMPORT_ERROR = traceback.format_exc()
 LIBVIRT_ERRORS = (libvirt.libvirtError,) if libvirt else ()
 
-SYSTEM_PYTHONS = ["/usr/bin/python3", "/usr/libexec/platform-python"]
 CIPHER_OPTIONS = dict((key, dict(type="str", choices=list(core.CIPHER_CHOICES[key]))) for key in core.CIPHER_KEYS)
 
 
@@ -313,13 +312,8 @@ def libvirt_host(module):
             module.fail_json(msg="passphrase_libvirt_secret and libvirt_secret need libvirt: set libvirt_uri")
         return None
     if libvirt is None:
-        if not has_respawned():
-            interpreter = probe_interpreters_for_module(SYSTEM_PYTHONS, "libvirt")
-            if interpreter:
-                respawn_module(interpreter)
-        module.fail_json(msg=missing_required_lib("libvirt-python (python3-libvirt)",
-                                                  reason="to find guests using the image"),
-                         exception=LIBVIRT_IMPORT_ERROR)
+        respawn_or_fail(module, "libvirt", "libvirt-python (Debian: python3-libvirt)",
+                        LIBVIRT_IMPORT_ERROR, reason="to find guests using the image")
     libvirt.registerErrorHandler(lambda context, error: None, None)
     return core.LibvirtHost(libvirt, uri)
 

@@ -326,13 +326,9 @@ transaction:
 import os
 import traceback
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-from ansible.module_utils.common.respawn import (
-    has_respawned,
-    probe_interpreters_for_module,
-    respawn_module,
-)
+from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kvmsec.hardening.plugins.module_utils import _selinux_module as core
+from ansible_collections.kvmsec.hardening.plugins.module_utils._respawn import respawn_or_fail
 from ansible_collections.kvmsec.hardening.plugins.module_utils._command import CommandError, module_runner
 
 try:
@@ -343,7 +339,6 @@ except ImportError:
 else:
     SELINUX_IMPORT_ERROR = None
 
-SYSTEM_PYTHONS = ["/usr/bin/python3", "/usr/libexec/platform-python", "/usr/bin/python"]
 STATES = ["present", "absent", "enabled", "disabled"]
 FORMATS = ["te", "cil", "pp"]
 
@@ -415,13 +410,8 @@ def main():
         supports_check_mode=True,
     )
     if selinux is None:
-        if not has_respawned():
-            interpreter = probe_interpreters_for_module(SYSTEM_PYTHONS, "selinux")
-            if interpreter:
-                respawn_module(interpreter)
-        module.fail_json(msg=missing_required_lib("the SELinux Python bindings (Debian: python3-selinux; "
-                                                  "RHEL: python3-libselinux)"),
-                         exception=SELINUX_IMPORT_ERROR)
+        respawn_or_fail(module, "selinux", "the SELinux Python bindings (Debian: python3-selinux; "
+                        "RHEL: python3-libselinux)", SELINUX_IMPORT_ERROR)
     params = module.params
     try:
         specs = specs_of(params)

@@ -262,13 +262,9 @@ problems:
 
 import traceback
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-from ansible.module_utils.common.respawn import (
-    has_respawned,
-    probe_interpreters_for_module,
-    respawn_module,
-)
+from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kvmsec.hardening.plugins.module_utils import _svirt_label as core
+from ansible_collections.kvmsec.hardening.plugins.module_utils._respawn import respawn_or_fail
 from ansible_collections.kvmsec.hardening.plugins.module_utils._command import CommandError, module_runner
 
 try:
@@ -279,7 +275,6 @@ except ImportError:
 else:
     LIBVIRT_IMPORT_ERROR = None
 
-SYSTEM_PYTHONS = ["/usr/bin/python3", "/usr/libexec/platform-python", "/usr/bin/python"]
 
 GUEST_SPEC = dict(
     name=dict(type="str", required=True),
@@ -293,12 +288,7 @@ GUEST_SPEC = dict(
 def require_libvirt(module):
     if libvirt is not None:
         return
-    if not has_respawned():
-        interpreter = probe_interpreters_for_module(SYSTEM_PYTHONS, "libvirt")
-        if interpreter:
-            respawn_module(interpreter)
-    module.fail_json(msg=missing_required_lib("libvirt-python (Debian: python3-libvirt)"),
-                     exception=LIBVIRT_IMPORT_ERROR)
+    respawn_or_fail(module, "libvirt", "libvirt-python (Debian: python3-libvirt)", LIBVIRT_IMPORT_ERROR)
 
 
 def main():

@@ -1,0 +1,32 @@
+# -*- coding: utf-8 -*-
+# Copyright: kvmsec.hardening contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Finding the system bindings (libvirt, SELinux). Private to the collection: not a public API.
+
+The libvirt and SELinux Python bindings come from the distribution (python3-libvirt,
+python3-selinux) and live only in the system Python. A module run by another interpreter (a
+virtualenv, an execution environment) re-runs itself under the system Python that has them.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+from ansible.module_utils.basic import missing_required_lib
+from ansible.module_utils.common.respawn import (
+    has_respawned,
+    probe_interpreters_for_module,
+    respawn_module,
+)
+
+SYSTEM_PYTHONS = ("/usr/bin/python3", "/usr/libexec/platform-python", "/usr/bin/python")
+
+
+def respawn_or_fail(module, binding, package, import_error, reason=None):
+    """Re-run the module under a system Python that can import ``binding``, or fail naming
+    the ``package`` that provides it. Does not return."""
+    if not has_respawned():
+        interpreter = probe_interpreters_for_module(list(SYSTEM_PYTHONS), binding)
+        if interpreter:
+            respawn_module(interpreter)
+    module.fail_json(msg=missing_required_lib(package, reason=reason), exception=import_error)
