@@ -31,10 +31,10 @@ import time
 import uuid
 from pathlib import Path
 
+from benchmarks_doc import write_section
+
 ROOT = Path(__file__).resolve().parents[2]
 URI = "qemu:///system"
-DOC = ROOT / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- cgroup_weight:begin -->", "<!-- cgroup_weight:end -->"
 DOMAIN_XML = """<domain type='qemu'><name>{name}</name><memory unit='MiB'>32</memory><vcpu>1</vcpu>
 <os><type arch='x86_64' machine='pc'>hvm</type></os>
 <devices><emulator>/usr/bin/qemu-system-x86_64</emulator><video><model type='none'/></video>
@@ -159,8 +159,7 @@ def section(count, times, setup_seconds):
     rows = "\n".join("| %d | %.2f s | %.2f s | %.2f s | %.1f× | %.1f× |"
                      % (i + 1, v, m, loop, v / m, loop / m) for i, (v, m, loop)
                      in enumerate(zip(times["virsh"], times["module"], times["loop"])))
-    return """{begin}
-## cgroup_weight: {count} guests in one task vs {calls} virsh calls
+    return """## cgroup_weight: {count} guests in one task vs {calls} virsh calls
 
 Measured by `tests/benchmarks/bench_cgroup_weight.py` on the development machine (2 cores,
 libvirt 9.0, cgroup v1 `blkio.bfq.weight`/`cpu.shares`), {date}. {count} real TCG guests,
@@ -182,23 +181,12 @@ Medians: bare virsh loop {virsh:.2f} s, module {module:.2f} s, Ansible command l
 from Ansible tasks, as a role without the module would, {vs_loop}. The module's time includes
 Ansible's start-up and reading every guest's live and persistent values before writing (which
 the virsh loops skip: they neither compare nor report).
-{end}""".format(begin=BEGIN, end=END, count=count, calls=2 * count, rows=rows,
-                date=time.strftime("%Y-%m-%d"), setup=setup_seconds, load=os.getloadavg()[0],
-                virsh=median["virsh"],
-                module=median["module"], loop=median["loop"],
-                vs_virsh=faster(median["virsh"], median["module"]),
-                vs_loop=faster(median["loop"], median["module"]))
-
-
-def write_section(text, begin=BEGIN, end=END):
-    """Replace (or append) the section between ``begin`` and ``end`` in docs/benchmarks.md."""
-    content = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    if begin in content:
-        content = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _m: text, content,
-                         flags=re.S)
-    else:
-        content = content.rstrip("\n") + "\n\n" + text + "\n"
-    DOC.write_text(content)
+""".format(count=count, calls=2 * count, rows=rows,
+           date=time.strftime("%Y-%m-%d"), setup=setup_seconds, load=os.getloadavg()[0],
+           virsh=median["virsh"],
+           module=median["module"], loop=median["loop"],
+           vs_virsh=faster(median["virsh"], median["module"]),
+           vs_loop=faster(median["loop"], median["module"]))
 
 
 def main():
@@ -219,7 +207,7 @@ def main():
     text = section(options.guests, times, setup)
     print(text)
     if options.write:
-        write_section(text)
+        write_section("cgroup_weight", text)
     return 0
 
 

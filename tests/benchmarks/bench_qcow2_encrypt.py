@@ -27,10 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks_doc import write_section
+
 ROOT = Path(__file__).resolve().parents[2]
-DOC = ROOT / "docs" / "benchmarks.md"
-START = "<!-- qcow2_encrypt:begin -->"
-END = "<!-- qcow2_encrypt:end -->"
 PASSPHRASE = b"benchmark passphrase, not a secret"
 CALIBRATION_ERROR = "Unable to get accurate CPU usage"
 
@@ -121,7 +120,6 @@ def report(times, size_mib, load):
     round follow each other, so they share the machine's load, which varies a lot here."""
     ratios = [b / m for b, m in zip(times["bare"], times["module"])]
     lines = [
-        START,
         "## qcow2_encrypt: module vs bare `qemu-img convert` to LUKS",
         "",
         "Measured by `tests/benchmarks/bench_qcow2_encrypt.py`, %s, %d CPUs shared with other jobs"
@@ -151,23 +149,12 @@ def report(times, size_mib, load):
         " an empty one (key-derivation calibration, key slot, unlocking the new image), and one more"
         " unlock took 2.4 s: even a free read-back would leave the ratio at 9.6 / 12.0 = 0.8, before"
         " Ansible's start-up. 0.9 is out of reach while the copy is verified with the user's passphrase.",
-        END,
     ]
     return "\n".join(lines) + "\n"
 
 
 def qemu_version():
     return sh(["qemu-img", "--version"]).stdout.split()[2]
-
-
-def write_section(section):
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n\nMeasured results, one section per benchmark script.\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + section.rstrip("\n") + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    DOC.write_text(text)
 
 
 def main():
@@ -181,7 +168,7 @@ def main():
     section = report(times, args.size_mib, " ".join(open("/proc/loadavg").read().split()[:3]))
     print(section)
     if not args.no_write:
-        write_section(section)
+        write_section("qcow2_encrypt", section)
 
 
 if __name__ == "__main__":

@@ -29,9 +29,8 @@ sys.path.insert(0, str(ROOT / "tests" / "lab"))
 
 import kvmlab  # noqa: E402  pylint: disable=wrong-import-position
 from conftest import LabVM  # noqa: E402  pylint: disable=wrong-import-position
+from benchmarks_doc import write_section  # noqa: E402  pylint: disable=wrong-import-position
 
-DOC = ROOT / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- selinux_module:begin -->", "<!-- selinux_module:end -->"
 VM_NAME = "sel-bench"
 PERMS = ["perfmon", "wake_alarm", "syslog", "block_suspend", "audit_read"]
 
@@ -78,17 +77,6 @@ def one_round(vm, number, batched_first):
     return times
 
 
-def write_section(text):
-    body = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    section = "%s\n%s%s" % (BEGIN, text, END)
-    if BEGIN in body and END in body:
-        head, rest = body.split(BEGIN, 1)
-        body = head + section + rest.split(END, 1)[1]
-    else:
-        body = body.rstrip("\n") + "\n\n" + section + "\n"
-    DOC.write_text(body)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--rounds", type=int, default=1)
@@ -123,7 +111,7 @@ def main():
            5 * single / batch))
     print(text)
     if args.write:
-        write_section(text)
+        write_section("selinux_module", text)
     return 0 if ratio <= 1.3 else 1
 
 

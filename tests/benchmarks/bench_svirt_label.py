@@ -21,14 +21,14 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks_doc import write_section
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / ".cache" / "collections"))
 
 from ansible_collections.kvmsec.hardening.plugins.module_utils import _svirt_label as core  # noqa: E402  pylint: disable=wrong-import-position
 
 FIXTURES = ROOT / "tests" / "unit" / "plugins" / "module_utils" / "fixtures" / "svirt_label"
-DOC = ROOT / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- svirt_label:begin -->", "<!-- svirt_label:end -->"
 LIVE_UUID = "79c35b53-5239-4f31-92ab-1f8c92fa1984"
 CONFIG_UUID = "11daf27a-738c-49df-94ef-9e544a72c61e"
 
@@ -60,16 +60,6 @@ def once(count):
     reports = core.check_running(plans, domains, "selinux")
     core.summary(core.Evaluation("selinux", domains, plans, planned, reports))
     return time.perf_counter() - started
-
-
-def write(text):
-    doc = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    section = "%s\n%s\n%s" % (BEGIN, text.strip(), END)
-    if BEGIN in doc:
-        doc = doc[:doc.index(BEGIN)] + section + doc[doc.index(END) + len(END):]
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + section + "\n"
-    DOC.write_text(doc)
 
 
 def main():
@@ -106,7 +96,7 @@ the change, same machine, same day).
        small, base, large, full, large, small, ratio)
     print(text)
     if args.write:
-        write(text)
+        write_section("svirt_label", text)
 
 
 if __name__ == "__main__":

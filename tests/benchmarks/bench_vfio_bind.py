@@ -35,9 +35,8 @@ sys.path.insert(0, str(ROOT / "tests" / "unit" / "plugins" / "module_utils"))
 
 from ansible_collections.kvmsec.hardening.plugins.module_utils import _vfio_bind as core  # noqa: E402
 import test__vfio_bind as lab  # noqa: E402  the unit tests' fake-sysfs builder
+from benchmarks_doc import write_section  # noqa: E402  pylint: disable=wrong-import-position
 
-DOC = ROOT / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- vfio_bind:begin -->", "<!-- vfio_bind:end -->"
 TARGET = "0000:80:00.0"
 
 
@@ -121,16 +120,6 @@ def ansible_start_up(rounds=3):
     return statistics.median(times)
 
 
-def write_section(text):
-    doc = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    section = "%s\n%s\n%s" % (BEGIN, text.strip(), END)
-    if BEGIN in doc:
-        doc = doc[:doc.index(BEGIN)] + section + doc[doc.index(END) + len(END):]
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + section + "\n"
-    DOC.write_text(doc)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--functions", type=int, default=512)
@@ -165,7 +154,7 @@ Median: baseline {base:.3f} ms, module {mod:.2f} ms, ratio {ratio:.0f}×. The ch
            share=100 * mod / ping)
     print(text)
     if args.write:
-        write_section(text)
+        write_section("vfio_bind", text)
 
 
 if __name__ == "__main__":

@@ -23,10 +23,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_cgroup_weight import write_section  # noqa: E402  pylint: disable=wrong-import-position
+from benchmarks_doc import write_section  # noqa: E402  pylint: disable=wrong-import-position
 
 BLKIO = "/sys/fs/cgroup/blkio"
-BEGIN, END = "<!-- io_split:begin -->", "<!-- io_split:end -->"
 
 
 def loop_device(backing):
@@ -88,8 +87,7 @@ def section(results, seconds, size_mib):
     rows = "\n".join("| %d:%d | %.1f MiB/s | %.1f MiB/s | %.0f%% / %.0f%% | %.1f : 1 |"
                      % (w[0], w[1], r[0], r[1], 100 * r[0] / sum(r), 100 * r[1] / sum(r),
                         r[0] / r[1]) for w, r in results)
-    return """{begin}
-## I/O split with cgroup weights (demonstration)
+    return """## I/O split with cgroup weights (demonstration)
 
 Measured by `tests/benchmarks/demo_io_split.py`, {date}: two readers (`dd iflag=direct bs=1M`
 in a loop) in two cgroup v1 blkio groups read different halves of a {size} MiB loop device
@@ -105,10 +103,10 @@ With equal weights reader A got {equal:.0f}% of the bytes; with 1000:100 it got 
 BFQ shares device time, not bytes, and idles briefly for each group, and the machine is shared
 with other jobs, so the byte ratio need not equal the weight ratio. Weights do nothing
 on a device whose scheduler is not BFQ: the development machine's own disk uses mq-deadline.
-{end}""".format(begin=BEGIN, end=END, date=time.strftime("%Y-%m-%d"), size=size_mib,
-                seconds=seconds, rows=rows,
-                equal=100 * results[0][1][0] / sum(results[0][1]),
-                weighted=100 * results[1][1][0] / sum(results[1][1]))
+""".format(date=time.strftime("%Y-%m-%d"), size=size_mib,
+           seconds=seconds, rows=rows,
+           equal=100 * results[0][1][0] / sum(results[0][1]),
+           weighted=100 * results[1][1][0] / sum(results[1][1]))
 
 
 def main():
@@ -137,7 +135,7 @@ def main():
     text = section(results, options.seconds, options.size_mib)
     print(text)
     if options.write:
-        write_section(text, BEGIN, END)
+        write_section("io_split", text)
     return 0
 
 
