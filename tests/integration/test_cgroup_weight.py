@@ -17,14 +17,13 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from localhost_module import VENV_PYTHON, run_module
 
 from ansible_collections.kvmsec.hardening.plugins.module_utils._cgroup_weight import (
     qemu_processes,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-VENV_PYTHON = str(ROOT / ".venv" / "bin" / "python")
-ANSIBLE = str(ROOT / ".venv" / "bin" / "ansible")
 # unique per run, so guests and cgroups of other helpers or parallel runs never collide
 PREFIX = "cgwt%s-" % uuid.uuid4().hex[:6]
 BLKIO = "/sys/fs/cgroup/blkio"
@@ -78,18 +77,8 @@ def guests(libvirtd, tmp_path):
 
 
 def module(guest_list, *flags, interpreter=VENV_PYTHON, **options):
-    """Run the module once; (return code, result dict, whole stdout)."""
-    args = dict(options, guests=guest_list)
-    env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK="minimal", ANSIBLE_NOCOLOR="1",
-               ANSIBLE_COLLECTIONS_PATH=str(ROOT / ".cache" / "collections"))
-    proc = subprocess.run(
-        [ANSIBLE, "localhost", "-i", "localhost,", "-c", "local",
-         "-e", "ansible_python_interpreter=%s" % interpreter,
-         "-m", "kvmsec.hardening.cgroup_weight", "-a", json.dumps(args)] + list(flags),
-        capture_output=True, text=True, env=env, timeout=300, check=False)
-    match = re.search(r"^localhost \| [A-Z!]+ => ", proc.stdout, re.M)
-    assert match, "no module result in output:\n%s\n%s" % (proc.stdout, proc.stderr)
-    return proc.returncode, json.loads(proc.stdout[match.end():]), proc.stdout
+    """Run the module once; (return code, result dict, whole output)."""
+    return run_module("cgroup_weight", dict(options, guests=guest_list), *flags, interpreter=interpreter)
 
 
 def applied(guest_list, *flags, **options):

@@ -6,20 +6,16 @@ own tooling where it can be: ``libvirtd`` is not restarted here (other tests sha
 parse check is the core's and the lab tests restart a real daemon on the edited file.
 """
 
-import json
 import os
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
+from localhost_module import run_module
 
 from ansible_collections.kvmsec.hardening.plugins.module_utils import _libvirt_conf as conf
 
-ROOT = Path(__file__).resolve().parents[2]
-ANSIBLE = str(ROOT / ".venv" / "bin" / "ansible")
-VENV_PYTHON = str(ROOT / ".venv" / "bin" / "python")
 SETTINGS = {"security_driver": "selinux", "security_default_confined": 1,
             "security_require_confined": True, "dynamic_ownership": 1, "remember_owner": 1,
             "user": "libvirt-qemu", "group": "libvirt-qemu"}
@@ -37,15 +33,7 @@ def qemu_conf(tmp_path):
 
 
 def module(args, *flags):
-    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_COLLECTIONS_PATH=str(ROOT / ".cache" / "collections"))
-    proc = subprocess.run(
-        [ANSIBLE, "localhost", "-i", "localhost,", "-c", "local",
-         "-e", "ansible_python_interpreter=%s" % VENV_PYTHON,
-         "-m", "kvmsec.hardening.libvirt_conf", "-a", json.dumps(args)] + list(flags),
-        capture_output=True, text=True, env=env, timeout=120, check=False)
-    match = re.search(r"^localhost \| [A-Z!]+ => ", proc.stdout, re.M)
-    assert match, "no module result in output:\n%s\n%s" % (proc.stdout, proc.stderr)
-    return proc.returncode, json.loads(proc.stdout[match.end():]), proc.stdout + proc.stderr
+    return run_module("libvirt_conf", args, *flags)
 
 
 def test_check_apply_and_second_run(qemu_conf):

@@ -6,17 +6,14 @@ system Python), and meets a host whose SELinux is not installed. Everything that
 store runs in the lab VM (tests/integration/lab/test_selinux_lab.py).
 """
 
-import json
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from localhost_module import run_module
 
-ROOT = Path(__file__).resolve().parents[2]
-ANSIBLE = str(ROOT / ".venv" / "bin" / "ansible")
 TE = "module kvmsec_it 1.0;\nrequire { type virtd_t; class capability2 perfmon; }\nallow virtd_t self:capability2 perfmon;\n"
 
 
@@ -26,16 +23,8 @@ def has_policy():
 
 def module(args, interpreter=sys.executable):
     """Run the module once; (return code, result dict)."""
-    env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK="minimal", ANSIBLE_NOCOLOR="1",
-               ANSIBLE_COLLECTIONS_PATH=str(ROOT / ".cache" / "collections"))
-    proc = subprocess.run(
-        [ANSIBLE, "localhost", "-i", "localhost,", "-c", "local",
-         "-e", "ansible_python_interpreter=%s" % interpreter,
-         "-m", "kvmsec.hardening.selinux_module", "-a", json.dumps(args)],
-        capture_output=True, text=True, env=env, timeout=300, check=False)
-    match = re.search(r"^localhost \| [A-Z!]+ => ", proc.stdout, re.M)
-    assert match, "no module result in output:\n%s\n%s" % (proc.stdout, proc.stderr)
-    return proc.returncode, json.loads(proc.stdout[match.end():])
+    rc, result, dummy = run_module("selinux_module", args, interpreter=interpreter)
+    return rc, result
 
 
 @pytest.fixture(scope="module")

@@ -7,28 +7,15 @@ offers only the ``none`` and ``dac`` models. Labels, processes and images are te
 the SELinux and AppArmor lab VMs (tests/integration/lab/test_svirt_lab.py).
 """
 
-import json
-import os
-import re
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-ANSIBLE = str(ROOT / ".venv" / "bin" / "ansible")
-VENV_PYTHON = str(ROOT / ".venv" / "bin" / "python")
+from localhost_module import VENV_PYTHON, run_module
 
 
 def module(args, interpreter=VENV_PYTHON):
-    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_COLLECTIONS_PATH=str(ROOT / ".cache" / "collections"))
-    proc = subprocess.run(
-        [ANSIBLE, "localhost", "-i", "localhost,", "-c", "local",
-         "-e", "ansible_python_interpreter=%s" % interpreter,
-         "-m", "kvmsec.hardening.svirt_label", "-a", json.dumps(args)],
-        capture_output=True, text=True, env=env, timeout=120, check=False)
-    match = re.search(r"^localhost \| [A-Z!]+ => ", proc.stdout, re.M)
-    assert match, "no module result in output:\n%s\n%s" % (proc.stdout, proc.stderr)
-    return proc.returncode, json.loads(proc.stdout[match.end():])
+    rc, result, dummy = run_module("svirt_label", args, interpreter=interpreter, timeout=120)
+    return rc, result
 
 
 def test_a_host_without_an_lsm_driver_is_refused_with_the_fix(libvirtd):
