@@ -52,6 +52,7 @@ V2_THROTTLE_KEYS = {
 }
 UUID_RE = re.compile(r"^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$", re.I)
 LIBVIRT_PID_DIR = "/run/libvirt/qemu"
+SYSTEMD_DIR = "/run/systemd/system"
 
 
 class CgroupWeightError(Exception):
@@ -180,7 +181,7 @@ class Host(object):
     """
 
     def __init__(self, mounts_text=None, sys_root="/sys", proc_root="/proc", dev_stat=os.stat,
-                 version="auto", libvirt_pid_dir=LIBVIRT_PID_DIR):
+                 version="auto", libvirt_pid_dir=LIBVIRT_PID_DIR, systemd_dir=SYSTEMD_DIR):
         if mounts_text is None:
             mounts_text = read_file(os.path.join(proc_root, "mounts"))
         self.v1, self.v2 = parse_mounts(mounts_text)
@@ -189,6 +190,7 @@ class Host(object):
         self.dev_stat = dev_stat
         self.version = version
         self.libvirt_pid_dir = libvirt_pid_dir
+        self.systemd_dir = systemd_dir
 
     def v2_controllers(self, directory=None):
         if self.v2 is None:
@@ -222,12 +224,21 @@ class Host(object):
         return "the %s controller is not available%s on this host: %s; %s%s" % (
             controller, wanted, v2_text, v1_text, hint)
 
+    def systemd_booted(self):
+        """systemd runs the host (sd_booted): libvirt then puts guests in machine scopes."""
+        return os.path.isdir(self.systemd_dir)
+
     def bfq_loaded(self):
         """BFQ's cgroup files exist once the bfq scheduler is registered with the kernel."""
         return any(re.search(r"\bbfq\b", read_file(path, "")) for path in self._scheduler_files())
 
     def bfq_in_use(self):
         return any("[bfq]" in read_file(path, "") for path in self._scheduler_files())
+
+    def iocost_enabled(self):
+        """cgroup v2 io.weight is enforced by iocost, which is off until io.cost.qos enables it."""
+        text = read_file(os.path.join(self.v2, "io.cost.qos"), "") if self.v2 else ""
+        return "enable=1" in text.split()
 
     def _scheduler_files(self):
         return [os.path.join(self.sys_root, "block", name, "queue", "scheduler")
@@ -431,15 +442,24 @@ class DomainTarget(object):
         return (self.libvirt.VIR_DOMAIN_AFFECT_LIVE if scope == "live"
                 else self.libvirt.VIR_DOMAIN_AFFECT_CONFIG)
 
-    def live_dir(self, controller):
-        """The domain's own cgroup: libvirt keeps the QEMU main thread in ``emulator`` below it."""
+    def live_dirs(self, controller):
+        """(libvirt's cgroup of the running domain, the cgroup holding its weights) or Nones.
+
+        libvirt keeps the QEMU main thread in ``emulator`` below its cgroup and writes device
+        values there. On cgroup v2 with systemd its cgroup is ``libvirt`` below the machine
+        scope, and the weights go on the scope: libvirt sets them as IOWeight/CPUWeight through
+        systemd's D-Bus API, and systemd writes the scope's io.weight and cpu.weight.
+        """
         if "live" not in self.scopes:
-            return None
+            return None, None
         text = read_file(os.path.join(self.host.libvirt_pid_dir, self.name + ".pid"), "")
-        path = self.host.cgroup_dir(int(text), controller) if text.strip().isdigit() else None
-        if path and os.path.basename(path) == "emulator":
-            path = os.path.dirname(path)
-        return path
+        group = self.host.cgroup_dir(int(text), controller) if text.strip().isdigit() else None
+        if group and os.path.basename(group) == "emulator":
+            group = os.path.dirname(group)
+        weights = group
+        if group and os.path.basename(group) == "libvirt" and self.host.locate(controller)[0] == 2:
+            weights = os.path.dirname(group)
+        return group, weights
 
     def current(self, scope):
         blkio = self.dom.blkioParameters(self.flag(scope))
@@ -451,9 +471,10 @@ class DomainTarget(object):
 
     def plan(self):
         io_version = self.host.locate("io")[0]
-        files = {"io": self.host.io_file(io_version, self.live_dir("io")),
+        io_group, io_weights = self.live_dirs("io")
+        files = {"io": self.host.io_file(io_version, io_weights),
                  "cpu": self.host.cpu_file(self.host.locate("cpu")[0])}
-        dirs = {"io": self.live_dir("io"), "cpu": self.live_dir("cpu")}
+        dirs = {"io_weight": io_weights, "cpu_weight": self.live_dirs("cpu")[1]}
         settings = []
         for scope in self.scopes:
             current = self.current(scope)
@@ -468,7 +489,8 @@ class DomainTarget(object):
                     after, before, number = self._device(files["io"], current, kind, path, value)
                 where = "domain XML (libvirt %s)" % _libvirt_param(kind)
                 if scope == "live":
-                    where = os.path.join(dirs[controller], filename) if dirs[controller] \
+                    directory = dirs.get(kind, io_group)
+                    where = os.path.join(directory, filename) if directory \
                         else "libvirt %s (live)" % _libvirt_param(kind)
                 settings.append(Setting(self.name, key, kind, scope, where, before, after,
                                         requested=value, device=path, number=number,
@@ -478,6 +500,13 @@ class DomainTarget(object):
     def _device(self, io_file, current, kind, path, value):
         number = self.host.device(path)
         if kind == "device_weight":
+            if io_file.version == 2 and self.host.systemd_booted():
+                raise CgroupWeightError(
+                    "guest %s: per-device weight for %s is refused on this host: on cgroup v2 "
+                    "with systemd libvirt hands it to systemd as IODeviceWeight, and libvirt 9.0 "
+                    "aborts doing so (libvirtd crashes at once for a running guest, and at every "
+                    "start of a guest whose definition holds one); use io_weight, or a per-device "
+                    "throttle" % (self.name, path))
             if io_file is IO_V1_BFQ:
                 raise CgroupWeightError(
                     "guest %s: per-device weight for %s is not supported on this host: libvirt "
@@ -735,14 +764,19 @@ def plan(targets):
 
 
 def notes(host, planned):
-    """Weights that the host's block schedulers ignore: worth a warning, not a failure."""
+    """Weights that the host's block layer ignores: worth a warning, not a failure."""
     result = []
-    weighted = [s for _t, settings in planned for s in settings
-                if s.kind == "io_weight" and s.weight_file.bfq]
-    if weighted and not host.bfq_in_use():
+    files = set(s.weight_file for _t, settings in planned for s in settings
+                if s.kind == "io_weight")
+    bfq = [weight_file for weight_file in files if weight_file.bfq]
+    if bfq and not host.bfq_in_use():
         result.append("I/O weights land in %s, but no block device on this host uses the bfq "
-                      "scheduler, so they take effect only once one does"
-                      % weighted[0].weight_file.name)
+                      "scheduler, so they take effect only once one does" % bfq[0].name)
+    if IO_V2 in files and not host.iocost_enabled():
+        result.append("I/O weights land in io.weight, which only the kernel's iocost controller "
+                      "enforces, and %s/io.cost.qos enables it on no block device: enable it on "
+                      "the guests' disks (MAJ:MIN enable=1) or switch them to the bfq scheduler, "
+                      "or the weights change nothing" % host.v2)
     return result
 
 

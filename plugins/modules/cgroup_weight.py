@@ -90,6 +90,9 @@ options:
               - I/O weight for this device, same scale as O(guests[].io_weight).
               - libvirt supports per-device weights on cgroup v1 only with CFQ; on a cgroup v1
                 host with BFQ the module refuses them for domain guests.
+              - On cgroup v2 with systemd the module refuses them for domain guests too, as libvirt
+                hands them to systemd as C(IODeviceWeight), and libvirt 9.0 aborts doing so, at
+                once for a running guest and at every start of a guest whose definition has one.
             type: int
           read_bytes_sec:
             description: Read throttle in bytes per second; C(0) removes the limit.
@@ -137,6 +140,12 @@ extends_documentation_fragment:
 notes:
   - Weights only act while a device is contended, and BFQ weights only on devices whose
     scheduler is C(bfq); the module warns when no block device uses BFQ.
+  - On cgroup v2 without BFQ, C(io.weight) is enforced only by the kernel's iocost controller,
+    which C(/sys/fs/cgroup/io.cost.qos) must enable per device; the module warns when it is
+    enabled on none.
+  - On cgroup v2 with systemd, libvirt applies a running domain's values to its machine scope
+    through systemd's D-Bus API; on Debian 12 under SELinux that needs the C(kvmsec_libvirt)
+    policy module of the kvmsec.hardening.selinux role.
 seealso:
   - name: Guest resources in kvmsec.hardening
     description: Scale, mapping and the guest_resources role.

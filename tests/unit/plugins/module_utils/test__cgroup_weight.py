@@ -99,6 +99,7 @@ class FakeHost(object):
         self.proc = tmp_path / "proc"
         self.sys = tmp_path / "sys"
         self.pids = tmp_path / "run"
+        self.systemd = tmp_path / "systemd"  # created by tests of a systemd-booted host
         for path in (self.cgroup, self.proc, self.pids, self.sys / "block" / "sda" / "queue",
                      self.sys / "dev" / "block" / "8:0" / "queue",
                      self.sys / "dev" / "block" / "8:1"):
@@ -125,7 +126,8 @@ class FakeHost(object):
             return os.stat(path)
 
         return core.Host(self.mounts, sys_root=str(self.sys), proc_root=str(self.proc),
-                         dev_stat=dev_stat, version=version, libvirt_pid_dir=str(self.pids))
+                         dev_stat=dev_stat, version=version, libvirt_pid_dir=str(self.pids),
+                         systemd_dir=str(self.systemd))
 
     def process(self, pid, argv, cgroup_line="0::/"):
         directory = self.proc / str(pid)
@@ -283,6 +285,16 @@ def test_notes_when_no_disk_uses_bfq(tmp_path):
     assert "no block device on this host uses the bfq scheduler" in core.notes(host, planned)[0]
 
 
+def test_notes_when_iocost_enforces_io_weight_on_no_disk(tmp_path):
+    fake = FakeHost(tmp_path, scheduler="[none] mq-deadline")
+    fake.process(4242, ["qemu-system-x86_64", "-name", "low_prio"])
+    host = fake.host()
+    planned = core.plan(core.build_targets([process_guest(io_weight=10)], host, "both", None))
+    assert "io.cost.qos enables it on no block device" in " ".join(core.notes(host, planned))
+    (fake.cgroup / "io.cost.qos").write_text("8:0 enable=1 ctrl=auto rpct=0.00 rlat=250000\n")
+    assert core.notes(host, planned) == []
+
+
 # ---------------------------------------------------------------- libvirt domains (fakes)
 
 class FakeLibvirtError(Exception):
@@ -369,6 +381,46 @@ def test_domain_both_scopes_mapped_to_cpu_shares_on_v1(tmp_path):
     assert ("sched", 1, {"cpu_shares": 10240}) in dom.calls
     changed, _guests, _diff = core.report(core.plan(build(fake, FakeConn(dom), wanted)))
     assert not changed
+
+
+def test_domain_live_weights_land_on_the_systemd_machine_scope_on_v2(tmp_path):
+    # The layout libvirt 9 and systemd 252 build in the lab (Debian 12, cgroup v2): the QEMU
+    # main thread sits in SCOPE/libvirt/emulator, and SCOPE/libvirt has no io controller.
+    # Device values libvirt writes itself, into SCOPE/libvirt; weights go through systemd.
+    fake = FakeHost(tmp_path, scheduler="[none] mq-deadline")
+    fake.systemd.mkdir()
+    scope = fake.cgroup / "machine.slice" / "machine-qemu\\x2d1\\x2ddb1.scope"
+    (scope / "libvirt" / "emulator").mkdir(parents=True)
+    for name, text in (("io.weight", "default 100\n"), ("cpu.weight", "100\n")):
+        (scope / name).write_text(text)
+    (scope / "libvirt" / "cpu.weight").write_text("100\n")
+    fake.process(777, ["/usr/bin/qemu-system-x86_64", "-name", "guest=db1"],
+                 "0::/machine.slice/machine-qemu\\x2d1\\x2ddb1.scope/libvirt/emulator")
+    (fake.pids / "db1.pid").write_text("777")
+    dom = FakeDomain("db1")
+    wanted = domain_guest("db1", io_weight=1000, cpu_weight=10,
+                          devices=[{"path": "/dev/sda", "write_bytes_sec": 1048576}])
+    planned = core.plan(build(fake, FakeConn(dom), [wanted]))
+    live = dict((s.key, s.where) for _t, settings in planned for s in settings if s.scope == "live")
+    assert live == {"io_weight": str(scope / "io.weight"), "cpu_weight": str(scope / "cpu.weight"),
+                    "write_bytes_sec[/dev/sda]": str(scope / "libvirt" / "io.max")}
+    core.apply(planned)
+    assert ("sched", 1, {"cpu_shares": 10}) in dom.calls
+    assert ("blkio", 1, {"weight": 1000, "device_write_bytes_sec": "/dev/sda,1048576"}) in dom.calls
+
+
+@pytest.mark.parametrize("active", [True, False])
+def test_domain_per_device_weight_refused_on_v2_with_systemd(tmp_path, active):
+    # libvirt 9.0 aborts handing IODeviceWeight to systemd, seen in the lab: refuse it for
+    # running guests and for definitions alike, before anything is written.
+    fake = FakeHost(tmp_path, scheduler="[none] mq-deadline")
+    fake.systemd.mkdir()
+    dom = FakeDomain("db1", active=active)
+    wanted = [domain_guest("db1", io_weight=500, devices=[{"path": "/dev/sda", "weight": 300}])]
+    with pytest.raises(core.CgroupWeightError, match="per-device weight for /dev/sda is refused"
+                                                     ".*libvirt 9.0 aborts.*use io_weight"):
+        core.plan(build(fake, FakeConn(dom), wanted))
+    assert dom.calls == []
 
 
 def test_domain_device_throttle_matches_the_same_disk_by_number(tmp_path):
