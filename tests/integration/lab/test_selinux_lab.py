@@ -251,9 +251,32 @@ def test_role_makes_libvirt_start_guests_under_enforcing(vm):
     before = store_state(vm)
     again = vm.playbook(playbook, extra_vars=extra)
     assert again.returncode == 0, again.stdout + again.stderr
-    recap = [line for line in again.stdout.splitlines() if line.startswith(vm.name)][-1]
-    assert "changed=0" in recap and "failed=0" in recap, recap
+    assert changed_count(again, vm) == 0 and "failed=0" in again.stdout, again.stdout
     assert store_state(vm) == before
+
+
+def changed_count(proc, vm):
+    recap = [line for line in proc.stdout.splitlines() if line.startswith(vm.name)][-1]
+    return int(recap.split("changed=")[1].split()[0])
+
+
+def test_role_check_mode_predicts_mode_and_file_context_changes(vm):
+    # permissive at runtime and a new image directory: the command tasks (setenforce, semanage
+    # import, restorecon) must show up as changes in check mode, touch nothing, and match the run
+    vm.ssh("setenforce 0 && mkdir -p /srv/kvmsec-more && touch /srv/kvmsec-more/disk.qcow2")
+    extra = {"selinux_image_dirs": [{"path": "/srv/kvmsec-images"}, {"path": "/srv/kvmsec-more"}]}
+    playbook = ROOT / "tests" / "integration" / "lab" / "selinux-role.yml"
+    checked = vm.playbook(playbook, extra_vars=extra, check=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert getenforce(vm) == "Permissive"
+    assert "kvmsec-more" not in vm.ssh("semanage fcontext --list --locallist").stdout
+    assert ":virt_image_t:" not in vm.ssh("ls -Z /srv/kvmsec-more/disk.qcow2").stdout
+
+    real = vm.playbook(playbook, extra_vars=extra)
+    assert real.returncode == 0, real.stdout + real.stderr
+    assert getenforce(vm) == "Enforcing"
+    assert ":virt_image_t:" in vm.ssh("ls -Z /srv/kvmsec-more/disk.qcow2").stdout
+    assert changed_count(checked, vm) == changed_count(real, vm) == 3, checked.stdout
 
 
 def test_state_dir_keeps_every_version_with_its_history(vm):
