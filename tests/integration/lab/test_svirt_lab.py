@@ -77,6 +77,16 @@ def start(vm, name, check=True):
     return vm.ssh("virsh start --paused %s" % name, check=check)
 
 
+def assert_unconfined_guest_refused(vm, name, model):
+    """Define NAME with <seclabel type='none'/> for MODEL; libvirt must refuse to start it."""
+    define_guest(vm, name)
+    vm.ssh("virsh dumpxml --inactive %s | sed \"s|</domain>|<seclabel type='none' "
+           "model='%s'/></domain>|\" > /tmp/none.xml && virsh define /tmp/none.xml" % (name, model))
+    refused = start(vm, name, check=False)
+    assert refused.returncode != 0
+    assert "Unconfined guests are not allowed on this host" in refused.stderr
+
+
 def restart(vm, name):
     vm.ssh("virsh destroy %s && virsh start --paused %s" % (name, name))
 
@@ -155,12 +165,7 @@ def test_role_confines_guests_and_refuses_unconfined(sel):
         {"sv-a": "dynamic", "sv-b": "static", "sv-c": None}
     assert sel.ssh("stat -c %a /var/lib/kvmsec/svirt-labels.json").stdout.strip() == "600"
     # libvirt itself now refuses an unconfined guest
-    define_guest(sel, "sv-none")
-    sel.ssh("virsh dumpxml --inactive sv-none | sed \"s|</domain>|<seclabel type='none' "
-            "model='selinux'/></domain>|\" > /tmp/none.xml && virsh define /tmp/none.xml")
-    refused = start(sel, "sv-none", check=False)
-    assert refused.returncode != 0
-    assert "Unconfined guests are not allowed on this host" in refused.stderr
+    assert_unconfined_guest_refused(sel, "sv-none", "selinux")
     sel.ssh("virsh undefine sv-none")
 
 
@@ -345,9 +350,4 @@ def test_apparmor_guest_is_confined_by_its_profile_in_enforce_mode(aa):
 
 
 def test_apparmor_refuses_unconfined_guests_at_start(aa):
-    define_guest(aa, "sv-aa-none")
-    aa.ssh("virsh dumpxml --inactive sv-aa-none | sed \"s|</domain>|<seclabel type='none' "
-           "model='apparmor'/></domain>|\" > /tmp/none.xml && virsh define /tmp/none.xml")
-    refused = start(aa, "sv-aa-none", check=False)
-    assert refused.returncode != 0
-    assert "Unconfined guests are not allowed on this host" in refused.stderr
+    assert_unconfined_guest_refused(aa, "sv-aa-none", "apparmor")
