@@ -7,9 +7,12 @@ Cores never call subprocess or Ansible directly. They receive a ``run`` callable
 signature of ``AnsibleModule.run_command`` restricted to what they need::
 
     run(argv_list, data=None) -> (rc, stdout, stderr)
+    run(argv_list, data=None, pass_fds=(fd, ...)) -> (rc, stdout, stderr)
 
-The module shell passes ``module_runner(module)``; unit tests pass a real subprocess runner
-or a table-driven fake. Secrets travel through ``data`` (stdin) or files, never argv.
+``pass_fds`` is given only by cores that hand a program secrets through pipes it reads as
+``/dev/fd/N``; runners for the other cores need not accept it. The module shell passes
+``module_runner(module)``; unit tests pass a real subprocess runner or a table-driven fake.
+Secrets travel through ``data`` (stdin) or such pipes, never argv.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -43,7 +46,8 @@ def checked(run, argv, data=None, what=None):
 def module_runner(module):
     """Adapt AnsibleModule.run_command to the cores' ``run`` signature (argv lists only)."""
 
-    def run(argv, data=None):
-        return module.run_command(list(argv), data=data, binary_data=data is not None)
+    def run(argv, data=None, pass_fds=()):
+        return module.run_command(list(argv), data=data, binary_data=data is not None,
+                                  pass_fds=list(pass_fds) or None)
 
     return run

@@ -10,6 +10,12 @@ in square brackets that may span lines and hold comments. A line editor cannot r
 safely, so this module parses the file, edits whole statements, re-parses the result and checks
 that every setting reads back as asked before anything is written.
 
+What is written is also what libvirt can *use*: its parser reads numbers into a ``long long``
+without an overflow check (a larger number silently wraps), and the daemons read every list
+setting as a list of strings (a nested list or a number in a list makes the daemon refuse the
+whole file). So only signed 64-bit integers, one-line strings and flat lists of strings are
+written; anything else is refused naming the setting.
+
 Edits keep everything else byte for byte: comments, blank lines, the order of statements. A new
 setting goes right after libvirt's commented-out example of it (``#security_driver = "selinux"``)
 when the file has one, else at the end. A setting given as ``None`` is removed, so libvirt's
@@ -23,9 +29,15 @@ __metaclass__ = type
 
 import re
 
-NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
+# virConfParseName without the LXC and VMX flags, which the daemons' files are read without
+NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 SECRET_RE = re.compile(r"passw|secret", re.I)
 MASK = "********"
+LLONG_MIN, LLONG_MAX = -(1 << 63), (1 << 63) - 1
+VALID = ("valid: an integer from %d to %d, a boolean (written as 1 or 0), a string on one line, "
+         "or a flat list of such strings" % (LLONG_MIN, LLONG_MAX))
+KINDS = ((bool, "a boolean"), (int, "an integer"), (float, "a decimal number"), (str, "a string"),
+         (list, "a list"), (tuple, "a list"), (dict, "a dictionary"), (type(None), "null"))
 
 
 class ConfError(Exception):
@@ -107,7 +119,8 @@ class _Parser(object):
             return value
         quote = self.peek()
         end = self.pos + 1
-        while end < len(self.text) and self.text[end] not in (quote, "\n"):
+        # libvirt ends a quoted string at a carriage return too (IS_EOL)
+        while end < len(self.text) and self.text[end] not in (quote, "\n", "\r"):
             end += 1
         if end >= len(self.text) or self.text[end] != quote:
             self.error("string opened with %s is not closed on the same line" % quote)
@@ -204,20 +217,42 @@ def split_secrets(settings, secret_settings):
     return merged, tuple(secret_settings)
 
 
-def normalize(name, value):
-    """Turn an Ansible value into what libvirt's parser would read back; refuse the rest."""
+def _kind(value):
+    return next((kind for cls, kind in KINDS if isinstance(value, cls)), "a " + type(value).__name__)
+
+
+def _string(name, value):
+    if "\n" in value or "\r" in value or "\0" in value:
+        raise ConfError("%s: a string may not hold a newline, a carriage return or a NUL character, where "
+                        "libvirt's parser ends it; %s" % (name, VALID))
+    if '"' in value and "'" in value:
+        raise ConfError("%s: a string may not hold both kinds of quote (libvirt's strings have no "
+                        "escapes); %s" % (name, VALID))
+    return value
+
+
+def normalize(name, value, secret_names=()):
+    """Turn an Ansible value into what libvirt's parser would read back; refuse the rest.
+
+    Messages name the setting and what is wrong; they never show a secret setting's value.
+    """
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, int):
+        if not LLONG_MIN <= value <= LLONG_MAX:
+            raise ConfError("%s: %s is out of range: libvirt reads numbers as signed 64-bit integers and "
+                            "would silently wrap it; %s" % (name, display(name, value, secret_names), VALID))
         return value
     if isinstance(value, str):
-        if "\n" in value or ('"' in value and "'" in value):
-            raise ConfError("%s: a string may not hold a newline or both kinds of quote" % name)
-        return value
+        return _string(name, value)
     if isinstance(value, (list, tuple)):
-        return [normalize(name, item) for item in value]
-    raise ConfError("%s: %r is not a number, a string, a boolean or a list of those; "
-                    "libvirt's configuration files hold nothing else" % (name, value))
+        for index, item in enumerate(value):
+            if not isinstance(item, str):
+                raise ConfError("%s: item %d of the list is %s: libvirt reads list settings as lists of "
+                                "strings and refuses the whole file otherwise; give a flat list of strings, "
+                                "such as [\"/dev/null\", \"/dev/zero\"]" % (name, index + 1, _kind(item)))
+        return [_string(name, item) for item in value]
+    raise ConfError("%s: %s is not a value libvirt's configuration files hold; %s" % (name, _kind(value), VALID))
 
 
 def render_value(value):
@@ -230,6 +265,26 @@ def render_value(value):
 
 def render(name, value):
     return "%s = %s\n" % (name, render_value(value))
+
+
+def leaked_secret_values(settings):
+    """The values, as text, of secret-looking settings given among the plain ones: what must stay
+    out of every log even though the request is refused (``split_secrets``)."""
+    found = set()
+    for name, value in settings.items():
+        if is_secret(name) and value is not None:
+            found.update(leaves(value))
+    return found
+
+
+def leaves(value):
+    """Every scalar inside a value as text, as Ansible's no_log collects them."""
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return set().union(*[leaves(item) for item in value]) if value else set()
+    # true and false are nobody's secret, and hiding them would blank them out of all output
+    return set() if isinstance(value, bool) or value is None else {str(value)}
 
 
 def is_secret(name, secret_names=()):
@@ -292,8 +347,9 @@ def plan(text, settings, secret_names=()):
     changes = []
     for name in sorted(settings):
         if not NAME_RE.fullmatch(name):
-            raise ConfError("%r is not a valid setting name (letters, digits, _ and .)" % name)
-        value = None if settings[name] is None else normalize(name, settings[name])
+            raise ConfError("%r is not a valid setting name: libvirt reads a letter followed by letters, "
+                            "digits and _" % name)
+        value = None if settings[name] is None else normalize(name, settings[name], secret_names)
         found = _edits_for(text, statements, name, value)
         if found:
             edits.extend(found)
@@ -316,7 +372,7 @@ def _verify(new_text, settings, secret_names):
     except ConfError as exc:
         raise ConfError("the edited file would not parse (%s); nothing was written" % exc)
     for name, value in settings.items():
-        expected = None if value is None else normalize(name, value)
+        expected = None if value is None else normalize(name, value, secret_names)
         if result.get(name) != expected:
             raise ConfError("%s would read back as %r instead of %r; nothing was written"
                             % (name, display(name, result.get(name), secret_names),

@@ -8,8 +8,9 @@ inspect the image, decide what has to change (plan), and unless in check mode ap
 ``qemu-img convert`` to a temporary file beside the image, ``qemu-img compare`` of both
 images opened with their secrets, owner/mode/SELinux label copied, fsync, atomic rename.
 
-Passphrases reach QEMU only as ``--object secret,file=...`` pointing into a private 0700
-directory on tmpfs (files 0600, removed afterwards): never argv, never the result.
+Passphrases reach QEMU only as ``--object secret,file=/dev/fd/N``: a pipe made for that one
+command, holding the passphrase, which the command inherits. No file holds a passphrase, on
+disk or tmpfs; it is never in argv nor in the result.
 While the original is being replaced, a POSIX lock on the byte QEMU uses to announce
 "I do not share write access" keeps any QEMU (a guest being started) from opening it for
 writing, so no guest write can land in a file that is about to be renamed away.
@@ -28,9 +29,7 @@ import io
 import json
 import os
 import re
-import shutil
 import struct
-import tempfile
 import time
 import xml.etree.ElementTree as ET
 
@@ -62,12 +61,18 @@ DEFAULT_ITER_TIME = 2000
 NEW_KEY = "kvmsec_new"
 OLD_KEY = "kvmsec_old"
 TEMP_MARK = ".kvmsec-encrypt."
-SECRET_DIR_PREFIX = "kvmsec-qcow2-encrypt."
+# Linux's fcntl to read a pipe's capacity; Python names it only from 3.10
+F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 # QEMU's image locking (block/file-posix.c): a shared lock on byte 200 + permission bit means
 # "I do not share this permission"; BLK_PERM_WRITE is bit 1. QEMU refuses write access while
 # anyone holds it.
 QEMU_UNSHARE_WRITE_BYTE = 201
 QCOW2_MAGIC = b"QFI\xfb"
+# crypt_method, the big-endian uint32 at byte 32 of a qcow2 header
+QCOW2_CRYPT_METHODS = {0: None, 1: "aes", 2: "luks"}
+BACKUP_SUFFIX = r"\.[0-9]{4}-[0-9]{2}-[0-9]{2}@[0-9]{2}:[0-9]{2}:[0-9]{2}~$"
+BACKUP_STATES = {None: "unencrypted", "aes": "legacy-AES-encrypted (barely protected)",
+                 "unknown": "unrecognised (possibly unencrypted)"}
 # A sector of random bytes shows ~221 distinct values (sd ~5); real disk data far fewer.
 RANDOM_SECTOR_DISTINCT = 190
 AES_SAMPLE_EXTENTS = 4
@@ -103,10 +108,22 @@ class Request(object):
         self.attach_domains = attach_domains
 
 
+UUID_RE = re.compile(r"^[0-9a-fA-F]{8}(-?[0-9a-fA-F]{4}){3}-?[0-9a-fA-F]{12}$")
+
+
+def check_uuid(option, value):
+    if not UUID_RE.match(value or ""):
+        raise Qcow2EncryptError("%s %r is not a UUID: give one such as 6a4f4b7e-7d4c-4a43-9d0e-3c1b1f0d2a10"
+                                % (option, value))
+
+
 def validate(request):
     """Raise Qcow2EncryptError for input that can never work; the host is not touched."""
     if not request.passphrase:
         raise Qcow2EncryptError("the passphrase is empty: give a non-empty passphrase")
+    if request.old_passphrase is not None and not request.old_passphrase:
+        raise Qcow2EncryptError("old_passphrase is empty: give the passphrase that opens the image now,"
+                                " or leave old_passphrase out")
     for key, value in request.cipher.items():
         if value not in CIPHER_CHOICES[key]:
             raise Qcow2EncryptError("%s=%s is not supported; valid: %s"
@@ -115,77 +132,99 @@ def validate(request):
         raise Qcow2EncryptError("iter_time must be a positive number of milliseconds")
     if request.when_in_use not in ("fail", "skip"):
         raise Qcow2EncryptError("when_in_use must be fail or skip")
-    if request.secret_uuid and not re.match(r"^[0-9a-fA-F]{8}(-?[0-9a-fA-F]{4}){3}-?[0-9a-fA-F]{12}$",
-                                            request.secret_uuid):
-        raise Qcow2EncryptError("libvirt secret UUID %r is not a UUID" % request.secret_uuid)
+    if request.secret_uuid:
+        check_uuid("libvirt_secret.uuid", request.secret_uuid)
+
+
+def read_passphrase_file(option, path):
+    """The passphrase in a file on the managed host; one trailing newline is not part of it."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except (IOError, OSError) as exc:
+        raise Qcow2EncryptError("%s %s cannot be read (%s): give the path of a readable file on the managed"
+                                " host that holds the passphrase" % (option, path, exc.strerror or exc))
+    data = data[:-1] if data.endswith(b"\n") else data
+    if not data:
+        raise Qcow2EncryptError("%s %s is empty: the file must hold the passphrase" % (option, path))
+    return data
 
 
 # ---------------------------------------------------------------------------------------------
-# secrets on tmpfs
+# secrets through pipes
 
 
-def _pid_alive(pid):
-    return os.path.exists("/proc/%d" % pid)
+class SecretRef(str):
+    """The ``--object`` argument of one QEMU secret before its value is handed over: it names the
+    key and holds no secret, so an argv holding it may be shown in errors."""
+
+    def __new__(cls, key):
+        ref = str.__new__(cls, "secret,id=%s" % key)
+        ref.key = key
+        return ref
 
 
-def _secret_base():
-    return "/run" if os.path.isdir("/run") and os.access("/run", os.W_OK) else None
-
-
-class SecretFiles(object):
-    """A private 0700 directory of 0600 files, removed on exit.
-
-    Its name carries the PID, so a run killed by SIGKILL leaves a directory that the next run
-    recognises as stale and removes.
-    """
-
-    def __init__(self, base=None):
-        self.base = base or _secret_base() or tempfile.gettempdir()
-        self.path = None
-
-    def __enter__(self):
-        remove_stale_secret_dirs(self.base)
-        self.path = tempfile.mkdtemp(prefix="%s%d." % (SECRET_DIR_PREFIX, os.getpid()), dir=self.base)
-        return self
-
-    def __exit__(self, *exc_info):
-        shutil.rmtree(self.path, ignore_errors=True)
-        return False
-
-    def add(self, name, data):
-        path = os.path.join(self.path, name)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+def pipe_holding(data):
+    """The read end of a pipe that holds ``data`` and has no writer left: a reader gets the data,
+    then end of file. The secret never touches a filesystem, not even tmpfs."""
+    read_fd, write_fd = os.pipe()
+    try:
+        # nothing writes once the command runs, so all of it must fit in the pipe's buffer now
+        os.set_blocking(write_fd, False)
         try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
-        return path
-
-
-def remove_stale_secret_dirs(base):
-    for name in os.listdir(base):
-        if not name.startswith(SECRET_DIR_PREFIX):
-            continue
-        pid = name[len(SECRET_DIR_PREFIX):].split(".", 1)[0]
-        if pid.isdigit() and not _pid_alive(int(pid)):
-            shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+            written = os.write(write_fd, data)
+        except BlockingIOError:
+            written = 0
+        capacity = fcntl.fcntl(write_fd, F_GETPIPE_SZ)
+    finally:
+        os.close(write_fd)
+    if written != len(data):
+        os.close(read_fd)
+        raise Qcow2EncryptError("a passphrase of %d bytes does not fit in this host's pipe buffer (%d bytes),"
+                                " through which the module hands it to QEMU: use a shorter passphrase"
+                                % (len(data), capacity))
+    return read_fd
 
 
 class Keys(object):
-    """The QEMU secret objects of one run: the new passphrase and the one opening the source."""
+    """The passphrases of one run, by QEMU secret id: the new one and the one opening the source."""
 
-    def __init__(self, secrets, passphrase, old_passphrase=None):
-        self.objects = {NEW_KEY: secrets.add("new", passphrase)}
+    def __init__(self, passphrase, old_passphrase=None):
+        self.values = {NEW_KEY: passphrase}
         self.has_old = old_passphrase is not None and old_passphrase != passphrase
         if self.has_old:
-            self.objects[OLD_KEY] = secrets.add("old", old_passphrase)
+            self.values[OLD_KEY] = old_passphrase
         self.old = OLD_KEY if self.has_old else NEW_KEY
+        # a passphrase no pipe can hold must fail check mode too, not only the conversion
+        for value in self.values.values():
+            os.close(pipe_holding(value))
 
     def args(self, *ids):
         argv = []
         for key in sorted(set(i for i in ids if i)):
-            argv += ["--object", "secret,id=%s,file=%s,format=raw" % (key, _opt(self.objects[key]))]
+            argv += ["--object", SecretRef(key)]
         return argv
+
+    def runner(self, run):
+        """``run`` that gives every command a fresh pipe per secret it names (a pipe can be read
+        only once), read by QEMU as ``/dev/fd/N``; commands without secrets run unchanged."""
+
+        def keyed(argv, data=None):
+            fds, real = [], []
+            try:
+                for arg in argv:
+                    if isinstance(arg, SecretRef):
+                        fds.append(pipe_holding(self.values[arg.key]))
+                        arg = "%s,file=/dev/fd/%d,format=raw" % (arg, fds[-1])
+                    real.append(arg)
+                if not fds:
+                    return run(real, data=data)
+                return run(real, data=data, pass_fds=fds)
+            finally:
+                for fd in fds:
+                    os.close(fd)
+
+        return keyed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -543,12 +582,24 @@ class LibvirtHost(object):
             raise
 
     def secret_value(self, uuid):
+        """The passphrase held by the secret passphrase_libvirt_secret names (a checked UUID)."""
+        option = "passphrase_libvirt_secret"
         try:
-            return self.conn.secretLookupByUUIDString(uuid).value(0)
+            secret = self.conn.secretLookupByUUIDString(uuid)
         except self.error as exc:
-            raise Qcow2EncryptError(
-                "cannot read libvirt secret %s (%s): a private secret's value cannot be read back;"
-                " give passphrase or passphrase_file instead" % (uuid, exc.get_error_message()))
+            if exc.get_error_code() != self.lv.VIR_ERR_NO_SECRET:
+                raise
+            raise Qcow2EncryptError("%s %s: libvirt has no secret with this UUID; give the UUID of a defined"
+                                    " secret that is not private (virsh secret-list)" % (option, uuid))
+        if ET.fromstring(secret.XMLDesc(0)).get("private") == "yes":
+            raise Qcow2EncryptError("%s %s is a private secret, whose value libvirt never hands out; give"
+                                    " passphrase or passphrase_file instead, or a secret defined with"
+                                    " private='no'" % (option, uuid))
+        try:
+            return secret.value(0)
+        except self.error as exc:
+            raise Qcow2EncryptError("%s %s: libvirt cannot give its value (%s); set it with virsh"
+                                    " secret-set-value" % (option, uuid, exc.get_error_message()))
 
     def define_secret(self, xml_text, value):
         secret = self.conn.secretDefineXML(xml_text, 0)
@@ -714,6 +765,10 @@ def temp_path(path):
     return os.path.join(os.path.dirname(path), ".%s%s%d~" % (os.path.basename(path), TEMP_MARK, os.getpid()))
 
 
+def _pid_alive(pid):
+    return os.path.exists("/proc/%d" % pid)
+
+
 def leftover_temps(path):
     """Temporary files of earlier runs that died (SIGKILL, power loss); refuse while another
     live run is converting the same image."""
@@ -757,6 +812,62 @@ class WriteBarrier(object):
 
 def backup_name(path):
     return "%s.%s~" % (path, time.strftime("%Y-%m-%d@%H:%M:%S"))
+
+
+class Backup(object):
+    """An original the module kept beside the image (``PATH.DATE@TIME~``).
+
+    ``stale``: it is a second name of the image itself. Only a run killed between making the
+    backup (a hard link) and the rename leaves that: the conversion never happened, and removing
+    the link loses nothing.
+    """
+
+    def __init__(self, path, encryption, stale):
+        self.path = path
+        self.encryption = encryption
+        self.stale = stale
+
+    @property
+    def plaintext(self):
+        # legacy AES counts: its key is the password itself, with no key derivation
+        return self.encryption != "luks"
+
+
+def _encryption_in_header(path):
+    """None (plain), 'aes' or 'luks' from the qcow2 header; 'unknown' for anything else."""
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(36)
+    except (IOError, OSError):
+        return "unknown"
+    if len(header) < 36 or header[:4] != QCOW2_MAGIC:
+        return "unknown"
+    return QCOW2_CRYPT_METHODS.get(struct.unpack(">I", header[32:36])[0], "unknown")
+
+
+def backups_of(path):
+    """Every backup of the image in its directory, oldest first, found by name: whatever run
+    made it, finished or killed, so each run can report (or remove) it."""
+    directory, base = os.path.split(path)
+    pattern = re.compile(re.escape(base) + BACKUP_SUFFIX)
+    image = os.stat(path)
+    found = []
+    for name in sorted(os.listdir(directory)):
+        candidate = os.path.join(directory, name)
+        if not pattern.match(name) or os.path.islink(candidate) or not os.path.isfile(candidate):
+            continue
+        mine = os.stat(candidate)
+        found.append(Backup(candidate, _encryption_in_header(candidate),
+                            (mine.st_dev, mine.st_ino) == (image.st_dev, image.st_ino)))
+    return found
+
+
+def backup_warning(image, backup):
+    if backup.stale:
+        return ("%s is a second name of the unconverted image %s, left by a run killed before its rename:"
+                " the next run that converts the image removes it" % (backup.path, image))
+    return ("the %s original of %s is kept as %s: delete it once the guest runs from the encrypted image"
+            % (BACKUP_STATES[backup.encryption], image, backup.path))
 
 
 def _unlink_quietly(path):
@@ -815,21 +926,21 @@ def ensure(run, request, host=None, check_mode=False):
     """Bring the image to the requested state; return the module result (never a secret)."""
     validate(request)
     path = checked_path(request.path)
-    with SecretFiles() as secrets:
-        keys = Keys(secrets, request.passphrase, request.old_passphrase)
-        return _ensure(run, path, request, host, check_mode, keys)
+    keys = Keys(request.passphrase, request.old_passphrase)
+    return _ensure(keys.runner(run), path, request, host, check_mode, keys)
 
 
 def _ensure(run, path, request, host, check_mode, keys):
     facts, locked = inspect(run, path)
     refuse_unsupported(request.path, facts)
     usage = Usage(host, path)
+    backups = backups_of(path)
     result = {"changed": False, "path": request.path, "backup_file": None, "in_use_by": usage.running,
               "changes": [], "skipped_changes": [], "warnings": [], "libvirt_secret": request.secret_uuid}
     share = locked or bool(usage.running)
     if request.state == "verified":
         verify(run, path, facts, keys, share)
-        return _unchanged(result, facts)
+        return _unchanged(result, facts, backups)
     conversion = conversion_needed(run, path, facts, request, keys, share)
     if conversion:
         refuse_unsafe_conversion(request.path, path, facts, request)
@@ -839,16 +950,18 @@ def _ensure(run, path, request, host, check_mode, keys):
             raise ImageInUse(message + "; stop it first", usage.running)
         result["warnings"].append(message + ": skipped, the image stays as it is")
         result["skipped_changes"] = [conversion.reason]
-        return _unchanged(result, facts)
+        return _unchanged(result, facts, backups)
     after = _planned_facts(facts, request) if conversion else facts
-    leftovers = leftover_temps(path)
+    leftovers = leftover_temps(path) + [b.path for b in backups if b.stale]
     libvirt = libvirt_changes(host, path, request, not after["backing_file"], bool(conversion))
     result["changes"] = ([conversion.reason] if conversion else []) + [
         "remove %s, left by an interrupted run" % t for t in leftovers] + [d for d, dummy in libvirt]
     result["changed"] = bool(result["changes"])
     result["diff"] = {"before": _diff_view(facts, host, path, request, False),
                       "after": _diff_view(after, host, path, request, bool(libvirt))}
-    if not check_mode:
+    if check_mode:
+        backups = [b for b in backups if not b.stale]
+    else:
         for leftover in leftovers:
             _unlink_quietly(leftover)
         if conversion:
@@ -857,15 +970,25 @@ def _ensure(run, path, request, host, check_mode, keys):
             after = inspect(run, path)[0]
         for dummy, action in libvirt:
             action()
+        backups = backups_of(path)
     result.update(public(after))
+    _report_backups(result, backups)
     result["warnings"] += _warnings(request, result, usage)
     return result
 
 
-def _unchanged(result, facts):
+def _unchanged(result, facts, backups):
     result.update(public(facts))
     result["diff"] = {"before": public(facts), "after": public(facts)}
+    _report_backups(result, backups)
     return result
+
+
+def _report_backups(result, backups):
+    """Every run names the plaintext backups beside the image, whichever run left them."""
+    plaintext = [b for b in backups if b.plaintext]
+    result["plaintext_backups"] = [b.path for b in plaintext]
+    result["warnings"] += [backup_warning(result["path"], b) for b in plaintext]
 
 
 def _still_free(run, path, host):
@@ -915,9 +1038,9 @@ def _diff_view(facts, host, path, request, libvirt_applied):
 
 def _warnings(request, result, usage):
     warnings = []
-    if result["backup_file"]:
-        warnings.append("the unencrypted original of %s is kept as %s: delete it once the guest runs from"
-                        " the encrypted image" % (request.path, result["backup_file"]))
+    if result["backup_file"] and result["backup_file"] not in result["plaintext_backups"]:
+        warnings.append("the original of %s, still LUKS-encrypted as it was, is kept as %s: delete it once the"
+                        " guest runs from the re-encrypted image" % (request.path, result["backup_file"]))
     if result["changes"] and usage.defined and not request.secret_uuid:
         warnings.append("libvirt guest(s) %s use %s and need <encryption format='luks'> with a libvirt"
                         " secret to start: set libvirt_secret" % (", ".join(usage.defined), request.path))

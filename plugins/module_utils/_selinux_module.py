@@ -62,6 +62,10 @@ AVC_RE = re.compile(
     r"avc:\s+denied\s+\{\s*(?P<perms>[^}]*?)\s*\}\s+for\s.*?"
     r"scontext=(?P<scontext>\S+)\s+tcontext=(?P<tcontext>\S+)\s+tclass=(?P<tclass>[A-Za-z0-9_]+)")
 TE_MODULE_RE = re.compile(r"^\s*module\s+(?P<name>\S+)\s+(?P<version>[0-9][0-9.]*)\s*;", re.M)
+# libsepol's cil_lexer.l: what a symbol is made of
+CIL_SYMBOL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+                             "[].@=/*-_$%+!|&^:~`#{}'<>?,")
+OPTION_FILES = {"src": ".te, .cil or .pp", "fc_src": ".fc file contexts", "if_src": ".if interface"}
 
 
 class SelinuxModuleError(Exception):
@@ -313,6 +317,19 @@ def _read(path, binary=False, what="source"):
     return data if binary else data.decode("utf-8", "replace")
 
 
+def _read_option(spec, option, binary=False):
+    """The file an option names; the refusal names the module, the option and what it takes."""
+    path = getattr(spec, option)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except (IOError, OSError) as exc:
+        raise SelinuxModuleError("module %s: %s %s cannot be read (%s): give the path of a readable %s "
+                                 "file on the managed host" % (spec.name, option, path, exc.strerror or exc,
+                                                               OPTION_FILES[option]))
+    return data if binary else data.decode("utf-8", "replace")
+
+
 def _format_of(spec, text=None):
     if spec.format:
         return spec.format
@@ -335,28 +352,157 @@ def _sha256(data):
     return hashlib.sha256(data).hexdigest()
 
 
-def _compile_te(spec, text, fc_text, host, tools, run, workdir):
+def cil_syntax_error(text):
+    """What libsepol's CIL parser would refuse in text (its message), or None.
+
+    semodule parses a .cil only inside the policy transaction. The same rules checked here
+    (libsepol cil_lexer.l and cil_parser.c: tokens, quoted strings on one line, statements in
+    parentheses, balanced parentheses) let check mode fail as the real run would, and the real
+    run fail before the transaction. Line marks (``;;*``) are read as comments.
+    """
+    depth, line, pos = 0, 1, 0
+    while pos < len(text):
+        char = text[pos]
+        if char in "\n\r":
+            line += 1
+        elif char == ";":
+            while pos + 1 < len(text) and text[pos + 1] not in "\n\r":
+                pos += 1
+        elif char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth < 0:
+                return "Close parenthesis without matching open at line %d" % line
+        elif char == '"' or char in CIL_SYMBOL_CHARS:
+            end = _cil_token_end(text, pos)
+            if end is None:
+                return "Invalid token '\"' at line %d" % line
+            if depth == 0:
+                return "Symbol not inside parenthesis at line %d" % line
+            pos = end - 1
+        elif char not in " \t":
+            return "Invalid token '%s' at line %d" % (char, line)
+        pos += 1
+    if depth > 0:
+        return "Open parenthesis without matching close at line %d" % line
+    return None
+
+
+def _cil_token_end(text, pos):
+    """Where the symbol or quoted string starting at pos ends; None for an unclosed quote."""
+    if text[pos] == '"':
+        end = pos + 1
+        while end < len(text) and text[end] not in '"\n':
+            end += 1
+        return end + 1 if end < len(text) and text[end] == '"' else None
+    end = pos
+    while end < len(text) and text[end] in CIL_SYMBOL_CHARS:
+        end += 1
+    return end
+
+
+class Source(object):
+    """One module's input, read and checked without the host: the source format, its text (a
+    .pp's bytes in ``data``), file contexts and interface, where it came from."""
+
+    def __init__(self, spec, fmt=None, text=None, data=None, fc_text=None, if_text=None, origin=None,
+                 generated=None, denials=None):
+        self.spec = spec
+        self.format = fmt
+        self.text = text
+        self.data = data
+        self.fc_text = fc_text
+        self.if_text = if_text
+        self.origin = origin
+        self.generated = generated
+        self.denials = denials
+
+    @property
+    def name(self):
+        return self.spec.name
+
+
+def read_source(spec):
+    """Read one spec's source and check all the host is not needed for: the files can be read,
+    the source is not empty, a .te declares this module, CIL parses, a .pp holds this module.
+    A spec without source (rollback, state changes) gives a Source with no format."""
+    if not spec.has_source:
+        return Source(spec)
+    name = spec.name
+    fc_text = spec.fc_content if spec.fc_src is None else _read_option(spec, "fc_src")
+    if_text = spec.if_content if spec.if_src is None else _read_option(spec, "if_src")
+    if spec.avc is not None:
+        rules = parse_denials(spec.avc)
+        if not rules:
+            raise SelinuxModuleError("module %s: avc holds no AVC or USER_AVC denial records "
+                                     "(give audit log lines or ausearch -m AVC,USER_AVC output)" % name)
+        generated = generate_te(name, rules)
+        source = Source(spec, "te", generated, None, fc_text, if_text, "avc", generated, len(rules))
+    elif spec.src is not None:
+        fmt = _format_of(spec)
+        data = _read_option(spec, "src", binary=True)
+        if not data.strip():
+            raise SelinuxModuleError("module %s: src %s is empty: give a file holding a .te, .cil or .pp "
+                                     "module" % (name, spec.src))
+        if fmt == "pp":
+            _check_pp_name(name, data)
+            source = Source(spec, fmt, None, data, fc_text, if_text, fmt)
+        else:
+            source = Source(spec, fmt, data.decode("utf-8", "replace"), None, fc_text, if_text, fmt)
+    else:
+        if not spec.content.strip():
+            raise SelinuxModuleError("module %s: content is empty: give the text of a .te or .cil module"
+                                     % name)
+        fmt = _format_of(spec, spec.content)
+        if fmt == "pp":
+            raise SelinuxModuleError("module %s: a .pp is binary: give it as src, not content" % name)
+        source = Source(spec, fmt, spec.content, None, fc_text, if_text, fmt)
+    if fc_text is not None and source.format != "te":
+        raise SelinuxModuleError("module %s: file contexts (fc_src, fc_content) go with a .te "
+                                 "source; a %s carries its own" % (name, source.format))
+    if source.format == "te":
+        _check_te_name(name, source.text)
+    elif source.format == "cil":
+        error = cil_syntax_error(source.text)
+        if error:
+            raise SelinuxModuleError("module %s: the CIL source does not parse: %s (semodule refuses it)"
+                                     % (name, error))
+    return source
+
+
+def prepare(specs):
+    """Validate the specs and read their sources: every refusal about the input, none about
+    the host, before anything is built or changed."""
+    validate(specs)
+    return [read_source(spec) for spec in specs]
+
+
+def _check_te_name(name, text):
     declared = TE_MODULE_RE.search(text)
     if declared is None:
         raise SelinuxModuleError("module %s: the .te source has no 'module %s 1.0;' statement"
-                                 % (spec.name, spec.name))
-    if declared.group("name") != spec.name:
+                                 % (name, name))
+    if declared.group("name") != name:
         raise SelinuxModuleError("module %s: the .te source declares module %s; the names must match"
-                                 % (spec.name, declared.group("name")))
+                                 % (name, declared.group("name")))
+
+
+def _compile_te(name, text, fc_text, host, tools, run, workdir):
     for tool in ("checkmodule", "semodule_package"):
         if not getattr(tools, tool):
             raise SelinuxModuleError("module %s: compiling a .te needs %s (Debian: checkpolicy and "
                                      "semodule-utils; RHEL: checkpolicy and policycoreutils)"
-                                     % (spec.name, tool))
-    base = os.path.join(workdir, spec.name)
+                                     % (name, tool))
+    base = os.path.join(workdir, name)
     atomic_write(base + ".te", text)
     argv = [tools.checkmodule] + (["-M"] if host.mls else []) + ["-m", "-o", base + ".mod", base + ".te"]
-    _compiler_step(run, argv, spec.name, workdir)
+    _compiler_step(run, argv, name, workdir)
     argv = [tools.semodule_package, "-o", base + ".pp", "-m", base + ".mod"]
     if fc_text is not None:
         atomic_write(base + ".fc", fc_text)
         argv += ["-f", base + ".fc"]
-    _compiler_step(run, argv, spec.name, workdir)
+    _compiler_step(run, argv, name, workdir)
     return _read(base + ".pp", binary=True, what="compiled module")
 
 
@@ -384,60 +530,41 @@ def _cil_of_pp(name, data, tools, run, workdir):
     return _read(target, binary=True, what="converted module")
 
 
-def _source(spec):
-    """(format, text, origin, generated .te or None, number of denial rules or None)."""
-    if spec.avc is not None:
-        rules = parse_denials(spec.avc)
-        if not rules:
-            raise SelinuxModuleError("module %s: avc holds no AVC or USER_AVC denial records "
-                                     "(give audit log lines or ausearch -m AVC,USER_AVC output)"
-                                     % spec.name)
-        generated = generate_te(spec.name, rules)
-        return "te", generated, "avc", generated, len(rules)
-    if spec.src is not None:
-        fmt = _format_of(spec)
-        return fmt, None if fmt == "pp" else _read(spec.src), fmt, None, None
-    fmt = _format_of(spec, spec.content)
-    if fmt == "pp":
-        raise SelinuxModuleError("module %s: a .pp is binary: give it as src, not content" % spec.name)
-    return fmt, spec.content, fmt, None, None
-
-
-def _compiled(spec, fmt, text, fc_text, host, tools, run, workdir):
+def _compiled(source, host, tools, run, workdir):
     """(installed format, bytes semodule installs, the CIL libsemanage will keep)."""
-    if fmt == "te":
-        data = _compile_te(spec, text, fc_text, host, tools, run, workdir)
-        return "pp", data, _cil_of_pp(spec.name, data, tools, run, workdir)
-    if fmt == "pp":
-        data = _read(spec.src, binary=True, what="policy package")
-        _check_pp(spec.name, data, host)
-        return "pp", data, _cil_of_pp(spec.name, data, tools, run, workdir)
-    data = text.encode("utf-8")
+    name = source.name
+    if source.format == "te":
+        data = _compile_te(name, source.text, source.fc_text, host, tools, run, workdir)
+        return "pp", data, _cil_of_pp(name, data, tools, run, workdir)
+    if source.format == "pp":
+        _check_pp_mls(name, source.data, host)
+        return "pp", source.data, _cil_of_pp(name, source.data, tools, run, workdir)
+    data = source.text.encode("utf-8")
     return "cil", data, data
 
 
-def build(spec, host, tools, run, workdir):
-    """Compile one module source into what semodule installs; SelinuxModuleError on any error."""
-    fc_text = spec.fc_content if spec.fc_src is None else _read(spec.fc_src, what="file contexts")
-    if_text = spec.if_content if spec.if_src is None else _read(spec.if_src, what="interface")
-    fmt, text, origin, generated, denials = _source(spec)
-    if fc_text is not None and fmt != "te":
-        raise SelinuxModuleError("module %s: file contexts (fc_src, fc_content) go with a .te "
-                                 "source; a %s carries its own" % (spec.name, fmt))
-    installed_format, data, cil = _compiled(spec, fmt, text, fc_text, host, tools, run, workdir)
-    sources = dict((ext, value) for ext, value in (("avc", spec.avc), ("te", text if fmt == "te" else None),
-                                                   ("fc", fc_text), ("if", if_text))
+def build(source, host, tools, run, workdir):
+    """Compile one read source into what semodule installs; SelinuxModuleError on any error."""
+    installed_format, data, cil = _compiled(source, host, tools, run, workdir)
+    spec = source.spec
+    sources = dict((ext, value) for ext, value in (("avc", spec.avc),
+                                                   ("te", source.text if source.format == "te" else None),
+                                                   ("fc", source.fc_text), ("if", source.if_text))
                    if value is not None)
-    return Build(spec.name, installed_format, data, _sha256(cil), sources, origin,
-                 generated=generated, denials=denials)
+    return Build(source.name, installed_format, data, _sha256(cil), sources, source.origin,
+                 generated=source.generated, denials=source.denials)
 
 
-def _check_pp(name, data, host):
-    inner, mls = pp_info(data)
+def _check_pp_name(name, data):
+    inner, dummy = pp_info(data)
     if inner != name:
         raise SelinuxModuleError("module %s: the policy package is module %s inside; semodule "
                                  "would install it as %s. Rebuild it or use name: %s"
                                  % (name, inner, inner, inner))
+
+
+def _check_pp_mls(name, data, host):
+    dummy, mls = pp_info(data)
     if mls != host.mls:
         raise SelinuxModuleError("module %s: the policy package was built %s MLS, this host's "
                                  "policy is %s; rebuild it (checkmodule %s)"
@@ -518,6 +645,7 @@ class VersionStore(object):
         if keep < 2:
             raise SelinuxModuleError("keep_versions must be at least 2 (the current version and "
                                      "one to roll back to), not %s" % keep)
+        check_state_dir(root)
         self.root = root
         self.keep = keep
         self.clock = clock
@@ -591,6 +719,22 @@ class VersionStore(object):
             excess -= 1
         index["history"] = [h for h in index["history"] if h in index["versions"]]
         return index
+
+
+def check_state_dir(root):
+    """Refuse a state_dir the real run could not create or write into, so that check mode
+    (which writes nothing there) fails as the real run would."""
+    existing = os.path.abspath(root)
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        where = "is not a directory" if existing == os.path.abspath(root) else \
+            "cannot be created: %s is not a directory" % existing
+        raise SelinuxModuleError("state_dir %s %s: give the path of a directory, or of one to create "
+                                 "(default %s)" % (root, where, DEFAULT_STATE_DIR))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SelinuxModuleError("state_dir %s: %s is not writable: give a directory on a writable "
+                                 "filesystem (default %s)" % (root, existing, DEFAULT_STATE_DIR))
 
 
 def _makedirs(path):
@@ -702,8 +846,7 @@ class Manager(object):
     """Build, plan and apply a set of module specs against one host."""
 
     def __init__(self, run, tools, host, store, priority=DEFAULT_PRIORITY):
-        if not 1 <= priority <= 999:
-            raise SelinuxModuleError("priority must be 1-999 (local modules: 400), not %s" % priority)
+        check_priority(priority)
         self.run = run
         self.tools = tools
         self.host = host
@@ -713,16 +856,15 @@ class Manager(object):
     def installed(self, names):
         return read_installed(self.run, self.tools, self.host, names)
 
-    def plan(self, specs, workdir):
-        """Validate, build every source and compare with the store: (installed, [Change])."""
-        validate(specs)
+    def plan(self, sources, workdir):
+        """Build every read source (``prepare``) and compare with the store: (installed, [Change])."""
         builds = {}
-        for spec in specs:
-            if spec.has_source:
-                builds[spec.name] = build(spec, self.host, self.tools, self.run, workdir)
-        installed = self.installed([s.name for s in specs])
-        changes = [plan_one(spec, installed, self.priority, builds.get(spec.name),
-                            self.store.load(spec.name)) for spec in specs]
+        for source in sources:
+            if source.format is not None:
+                builds[source.name] = build(source, self.host, self.tools, self.run, workdir)
+        installed = self.installed([s.name for s in sources])
+        changes = [plan_one(source.spec, installed, self.priority, builds.get(source.name),
+                            self.store.load(source.name)) for source in sources]
         return installed, changes
 
     def stage(self, changes, workdir):
@@ -818,11 +960,17 @@ def _lock(root):
     return fd
 
 
-def run_modules(specs, manager, check_mode):
-    """Plan, apply unless check_mode, and report: (changed, modules, transaction, diff, warnings)."""
+def check_priority(priority):
+    if not 1 <= priority <= 999:
+        raise SelinuxModuleError("priority must be 1-999 (local modules: 400), not %s" % priority)
+
+
+def run_modules(sources, manager, check_mode):
+    """Plan the read sources (``prepare``), apply unless check_mode, and report:
+    (changed, modules, transaction, diff, warnings)."""
     workdir = tempfile.mkdtemp(prefix="kvmsec-selinux-")
     try:
-        before, changes = manager.plan(specs, workdir)
+        before, changes = manager.plan(sources, workdir)
         transaction = None
         if check_mode:
             after = predicted(changes, before, manager.priority)

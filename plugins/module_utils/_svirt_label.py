@@ -345,17 +345,14 @@ class Domain(object):
         return self._seclabels[key]
 
 
-def read_domains(conn, libvirt, model, host):
-    """Every domain on the connection, with its QEMU process and image labels when running."""
+def read_domains(conn, libvirt):
+    """Every domain on the connection: its definition, and its live XML when running."""
     domains = []
     config_flags = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE
     for handle in conn.listAllDomains(0):
         active = bool(handle.isActive())
-        domain = Domain(handle.name(), handle.UUIDString(), handle.XMLDesc(config_flags),
-                        handle.XMLDesc(0) if active else None)
-        if active:
-            observe(domain, model, host)
-        domains.append(domain)
+        domains.append(Domain(handle.name(), handle.UUIDString(), handle.XMLDesc(config_flags),
+                              handle.XMLDesc(0) if active else None))
     return sorted(domains, key=lambda item: item.name)
 
 
@@ -422,7 +419,8 @@ def find(domains, name):
     for domain in domains:
         if name in (domain.name, domain.uuid):
             return domain
-    raise SvirtError("no libvirt domain %r on this host (domains: %s)"
+    raise SvirtError("guests: no libvirt domain %r on this host (domains: %s); name each guest by "
+                     "the name or UUID of a defined domain"
                      % (name, ", ".join(domain.name for domain in domains) or "none"))
 
 
@@ -826,9 +824,15 @@ class Evaluation(object):
 
 def evaluate(conn, libvirt, params, host):
     """Read the host through an open libvirt connection and plan; changes nothing."""
+    domains = read_domains(conn, libvirt)
+    # a guest that does not exist is the request's fault: say so before anything about the host
+    for request in params.get("guests") or []:
+        find(domains, request["name"])
     models = host_security(conn.getCapabilities())
     model = choose_model(params.get("model") or "auto", models)
-    domains = read_domains(conn, libvirt, model, host)
+    for domain in domains:
+        if domain.active:
+            observe(domain, model, host)
     plans, planned = plan(model, params.get("guests") or [], domains,
                           params.get("reserved_categories") or [], dict(models).get(model),
                           params.get("allow_unconfined", False))

@@ -32,12 +32,19 @@ options:
     required: true
   settings:
     description:
-      - Settings by name. Values are integers, booleans (written as C(1)/C(0)), strings or lists
-        of those; C(null) removes the setting so that libvirt's default applies.
+      - Settings by name. Values are what libvirt's parser reads and its daemons use - integers
+        from -9223372036854775808 to 9223372036854775807 (libvirt silently wraps bigger ones),
+        booleans (written as C(1)/C(0)), strings on one line, or flat lists of strings; C(null)
+        removes the setting so that libvirt's default applies. Anything else (a nested list, a
+        number in a list, a decimal number, a dictionary) is refused naming the setting, and the
+        file is left as it is.
+      - Names are a letter followed by letters, digits and C(_), as libvirt reads them.
       - Give numeric settings as YAML numbers or booleans; a quoted C("1") is written as a
         string, which libvirt refuses for a numeric setting.
-      - Settings that hold secrets (C(vnc_password), C(spice_password), ...) are refused here;
-        give them in O(secret_settings).
+      - Settings that hold secrets (names containing C(passw) or C(secret), such as
+        C(vnc_password) and C(spice_password)) are refused here; give them in
+        O(secret_settings). Their values are kept out of every log even then - the module logs
+        its invocation with O(settings) hidden and masks the values in its result.
     type: dict
     required: true
   secret_settings:
@@ -115,21 +122,49 @@ backup_file:
   type: str
 """
 
+from ansible.module_utils import basic
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.common.validation import check_type_dict
 from ansible_collections.kvmsec.hardening.plugins.module_utils import _files
 from ansible_collections.kvmsec.hardening.plugins.module_utils import _libvirt_conf as core
 
 
+def leaked_secrets():
+    """Values of secret settings given in settings, read before AnsibleModule starts.
+
+    AnsibleModule logs its arguments (syslog, journal) while it starts, before main() can refuse
+    a secret in the wrong option, and no_log cannot mark keys of a free-form dict. ansible-test's
+    argument-spec probe stands in for _load_params and returns None.
+    """
+    settings = (basic._load_params() or {}).get("settings")
+    if isinstance(settings, str):
+        try:
+            settings = check_type_dict(settings)
+        except TypeError:
+            # Ansible refuses it, but its invocation in the result shows it: hide all of it
+            return {settings} if core.SECRET_RE.search(settings) else set()
+    return core.leaked_secret_values(settings) if isinstance(settings, dict) else set()
+
+
 def main():
+    leaked = leaked_secrets()
     module = AnsibleModule(
         argument_spec=dict(
             path=dict(type="path", required=True),
-            settings=dict(type="dict", required=True),
+            # no_log only for a call that carries a secret among the plain settings: no_log on the
+            # whole option is the one mark AnsibleModule honours when it logs the invocation
+            settings=dict(type="dict", required=True, no_log=bool(leaked)),
             secret_settings=dict(type="dict", default={}, no_log=True),
             backup=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
     )
+    if leaked:
+        # in the result (-vvv, ANSIBLE_LOG_PATH) only the secrets need masking, not every value;
+        # settings given as "k=v" text were hidden as a whole, not by value
+        module.no_log_values.difference_update(core.leaves(module.params["settings"]) - leaked
+                                               - core.leaves(module.params["secret_settings"]))
+        module.no_log_values.update(leaked)
     path = module.params["path"]
     try:
         settings, secret_names = core.split_secrets(module.params["settings"],

@@ -21,12 +21,18 @@ description:
     the original's owner, mode and SELinux label, flushes it to disk and renames it over the original.
     On any failure the original is untouched and the temporary file is removed; a run killed outright
     leaves a temporary file that the next run removes.
+  - Every run looks for backups of the image (C(PATH.DATE@TIME~), see O(backup)), whichever run made
+    them, returns those that hold the data unencrypted in RV(plaintext_backups) and warns about each. A
+    backup that is still a second name of the image itself is what a run killed between making the
+    backup and the rename leaves (the image was never converted); the next run removes it.
   - While the original is being replaced the module holds the lock byte QEMU checks before it opens an
     image for writing, so a guest that starts meanwhile cannot write into the file being replaced.
   - Refuses an image in use by a running libvirt guest (the message names it) or by any process holding
     QEMU's write lock on it, or with O(when_in_use=skip) leaves it as it is with a warning.
-  - The passphrase reaches QEMU only through a C(secret) object reading a 0600 file in a private 0700
-    directory on tmpfs, removed afterwards; it is never on a command line, in the result or in logs.
+  - The passphrase reaches QEMU only through a C(secret) object reading C(/dev/fd/N), a pipe made for
+    that one command and inherited by it. No file ever holds the passphrase, on disk or on tmpfs (which
+    C(/run) is not on hosts without systemd); it is never on a command line, in the result or in logs.
+    A passphrase must fit in the host's pipe buffer (64 KiB on Linux).
   - QEMU's key-derivation calibration fails now and then with C(Unable to get accurate CPU usage) on
     hosts with coarse CPU accounting; the module repeats the conversion when that happens.
   - With O(libvirt_secret), also defines a private, persistent libvirt secret holding the passphrase and
@@ -55,6 +61,7 @@ options:
   passphrase_file:
     description:
       - A file on the managed host holding the passphrase. One trailing newline is not part of it.
+      - The module reads it itself; QEMU never opens it.
     type: path
   passphrase_libvirt_secret:
     description:
@@ -106,6 +113,7 @@ options:
     description:
       - Keep the original (unencrypted or legacy AES) image as C(PATH.DATE@TIME~), returned as RV(backup_file).
         It still holds the data in plaintext, so delete it once the guest runs from the encrypted image.
+        Until then every run lists it in RV(plaintext_backups) and warns.
     type: bool
     default: true
   flatten:
@@ -259,6 +267,15 @@ libvirt_secret:
   description: UUID of the libvirt secret holding the passphrase, when O(libvirt_secret) was given.
   returned: always
   type: str
+plaintext_backups:
+  description:
+    - Backups of the image beside it (C(PATH.DATE@TIME~)) that hold its data unencrypted or with the legacy
+      qcow2 AES encryption, after the run (in check mode, those the run would leave), whichever run made
+      them. Each is also named in a warning. Delete them once the guest runs from the encrypted image.
+  returned: always
+  type: list
+  elements: str
+  sample: [/var/lib/libvirt/images/web01.qcow2.2025-01-31@10:12:55~]
 """
 
 import traceback
@@ -318,34 +335,33 @@ def libvirt_host(module):
     return core.LibvirtHost(libvirt, uri)
 
 
-def read_passphrase(path):
-    with open(path, "rb") as handle:
-        data = handle.read()
-    return data[:-1] if data.endswith(b"\n") else data
-
-
-def passphrases(module, host):
+def passphrases(module):
+    """(new, old) from the options and files; new is None when a libvirt secret holds it."""
     params = module.params
-    if params["passphrase_libvirt_secret"]:
-        new = host.secret_value(params["passphrase_libvirt_secret"])
-    elif params["passphrase_file"]:
-        new = read_passphrase(params["passphrase_file"])
-    else:
+    new = old = None
+    if params["passphrase_file"]:
+        new = core.read_passphrase_file("passphrase_file", params["passphrase_file"])
+    elif params["passphrase"] is not None:
         new = to_bytes(params["passphrase"], errors="surrogate_or_strict")
-    old = None
+    else:
+        core.check_uuid("passphrase_libvirt_secret", params["passphrase_libvirt_secret"])
     if params["old_passphrase_file"]:
-        old = read_passphrase(params["old_passphrase_file"])
+        old = core.read_passphrase_file("old_passphrase_file", params["old_passphrase_file"])
     elif params["old_passphrase"] is not None:
         old = to_bytes(params["old_passphrase"], errors="surrogate_or_strict")
-    for secret in (new, old):
-        if secret:
-            module.no_log_values.add(secret.decode("utf-8", "replace"))
+    hide(module, new, old)
     return new, old
 
 
-def request(module, host):
+def hide(module, *secrets):
+    """Passphrases read from files or libvirt are no option values: tell Ansible to mask them."""
+    for secret in secrets:
+        if secret:
+            module.no_log_values.add(secret.decode("utf-8", "replace"))
+
+
+def request(module, new, old):
     params = module.params
-    new, old = passphrases(module, host)
     secret = params["libvirt_secret"] or {}
     return core.Request(
         path=params["path"], passphrase=new, state=params["state"], old_passphrase=old,
@@ -363,8 +379,13 @@ def main():
         supports_check_mode=True,
     )
     try:
+        # what is wrong with the input is said before anything about libvirt
+        new, old = passphrases(module)
         host = libvirt_host(module)
-        result = core.ensure(module_runner(module), request(module, host), host, module.check_mode)
+        if module.params["passphrase_libvirt_secret"]:
+            new = host.secret_value(module.params["passphrase_libvirt_secret"])
+            hide(module, new)
+        result = core.ensure(module_runner(module), request(module, new, old), host, module.check_mode)
     except core.ImageInUse as exc:
         module.fail_json(msg=str(exc), path=module.params["path"], in_use_by=exc.users)
     except (core.Qcow2EncryptError, CommandError, IOError, OSError) + LIBVIRT_ERRORS as exc:

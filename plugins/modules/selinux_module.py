@@ -18,7 +18,12 @@ description:
     policy packages, or AVC/USER_AVC denial records, from which the module writes a C(.te) that
     allows exactly what was denied, as C(audit2allow -M) does.
   - Every source is compiled (C(checkmodule), C(semodule_package)) before anything changes; a
-    compile error fails with the compiler's message and changes nothing.
+    compile error fails with the compiler's message and changes nothing. A C(.cil) source is
+    checked against the syntax rules of libsepol's CIL parser (parentheses, tokens, quoted
+    strings), which C(semodule) otherwise applies only inside the transaction.
+  - Bad input is refused before anything about the host is looked at, in check mode as in a real
+    run - a source file that cannot be read, an empty source, CIL that does not parse, a
+    O(state_dir) that is not a directory or cannot be created.
   - All modules of one call go to C(semodule) as one command, which the policy store commits as
     one transaction - one policy rebuild for the whole call, and a failure of any module leaves
     the policy exactly as it was.
@@ -151,7 +156,9 @@ options:
     type: int
     default: 400
   state_dir:
-    description: Directory on the managed host that keeps every installed version.
+    description:
+      - Directory on the managed host that keeps every installed version. It is created when
+        missing; a path that is not a directory, or cannot be created or written, is refused.
     type: path
     default: /var/lib/kvmsec/selinux_modules
   keep_versions:
@@ -163,7 +170,10 @@ options:
 attributes:
   check_mode:
     support: full
-    details: Sources are compiled in a temporary directory; neither the policy nor O(state_dir) change.
+    details:
+      - Sources are compiled in a temporary directory; neither the policy nor O(state_dir) change.
+      - Input the real run would refuse (unreadable or empty sources, CIL that does not parse, an
+        unusable O(state_dir)) fails check mode the same way.
   diff_mode:
     support: full
     details: The managed modules as the store lists them before and after, and the generated source of O(avc) input.
@@ -414,13 +424,14 @@ def main():
                         "RHEL: python3-libselinux)", SELINUX_IMPORT_ERROR)
     params = module.params
     try:
-        specs = specs_of(params)
-        # bad input is reported as such, before anything about the host
-        core.validate(specs)
+        # bad input is reported as such, before anything about the host, in check mode too: the
+        # specs, their sources (readable, not empty, CIL syntax), state_dir and the numbers
+        sources = core.prepare(specs_of(params))
         store = core.VersionStore(params["state_dir"], keep=params["keep_versions"])
+        core.check_priority(params["priority"])
         manager = core.Manager(module_runner(module), find_tools(module), host_policy(), store,
                                priority=params["priority"])
-        changed, modules, transaction, diff, warnings = core.run_modules(specs, manager, module.check_mode)
+        changed, modules, transaction, diff, warnings = core.run_modules(sources, manager, module.check_mode)
     except (core.SelinuxModuleError, CommandError, IOError, OSError) as exc:
         module.fail_json(msg="selinux_module: %s" % exc)
     if not selinux.is_selinux_enabled():

@@ -1,9 +1,10 @@
 """libvirt_conf through Ansible on a copy of this machine's real /etc/libvirt/qemu.conf.
 
 Check mode and diff, the change, a second run reporting no change, a backup, secrets kept out of
-the output even at -vvv, a broken file left alone; the edited file is read back by libvirt's
-own tooling where it can be: ``libvirtd`` is not restarted here (other tests share it), so the
-parse check is the core's and the lab tests restart a real daemon on the edited file.
+the output even at -vvv, of Ansible's log file and of what the module logs to syslog as it
+starts, a broken file left alone; the edited file is read back by libvirt's own tooling where it
+can be: ``libvirtd`` is not restarted here (other tests share it), so the parse check is the
+core's and the lab tests restart a real daemon on the edited file.
 """
 
 import os
@@ -12,7 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from localhost_module import run_module
+from localhost_module import VENV_PYTHON, run_module
 
 from ansible_collections.kvmsec.hardening.plugins.module_utils import _libvirt_conf as conf
 
@@ -32,8 +33,39 @@ def qemu_conf(tmp_path):
     return path
 
 
-def module(args, *flags):
-    return run_module("libvirt_conf", args, *flags)
+def module(args, *flags, **kwargs):
+    return run_module("libvirt_conf", args, *flags, **kwargs)
+
+
+SYSLOG_RECORDER = """
+import os
+import syslog
+
+
+def record(*args):
+    with open(os.environ["KVMSEC_TEST_SYSLOG"], "a") as handle:
+        handle.write(args[-1] + "\\n")
+
+
+syslog.syslog = record
+"""
+
+
+@pytest.fixture
+def syslog_python(tmp_path):
+    """(interpreter, file): a Python whose syslog() appends to the file what syslog would get.
+
+    This machine runs no syslog daemon (no /dev/log) and no journal, so the line every module
+    logs as it starts ("Invoked with ...") is caught where it leaves the module's process.
+    """
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SYSLOG_RECORDER)
+    log = tmp_path / "syslog"
+    python = tmp_path / "python"
+    python.write_text('#!/bin/sh\nPYTHONPATH=%s KVMSEC_TEST_SYSLOG=%s exec %s "$@"\n' % (site, log, VENV_PYTHON))
+    python.chmod(0o755)
+    return str(python), log
 
 
 def test_check_apply_and_second_run(qemu_conf):
@@ -68,6 +100,42 @@ def test_a_secret_in_plain_settings_is_refused_before_anything_is_read(qemu_conf
     original = qemu_conf.read_text()
     rc, result, output = module({"path": str(qemu_conf), "settings": {"spice_password": "s3cr3t-Pw"}})
     assert rc != 0 and "give them in secret_settings" in result["msg"]
+    assert qemu_conf.read_text() == original
+
+
+def test_a_secret_in_plain_settings_is_never_logged(qemu_conf, tmp_path, syslog_python, monkeypatch):
+    python, syslog = syslog_python
+    ansible_log = tmp_path / "ansible.log"
+    monkeypatch.setenv("ANSIBLE_LOG_PATH", str(ansible_log))
+    # a call with the secret in its place: the recorder sees the module's invocation line
+    rc, dummy, dummy2 = module({"path": str(qemu_conf), "settings": {"remember_owner": 1},
+                                "secret_settings": {"vnc_password": "R1ght-Pl4ce"}}, interpreter=python)
+    assert rc == 0
+    logged = syslog.read_text()
+    assert "Invoked with" in logged and "secret_settings=NOT_LOGGING_PARAMETER" in logged
+    assert "R1ght-Pl4ce" not in logged
+    original = qemu_conf.read_text()
+    for settings in ({"vnc_password": "Wr0ng-Pl4ce", "vnc_tls": 1}, {"spice_password": ["Wr0ng-Pl4ce"]},
+                     "vnc_password=Wr0ng-Pl4ce vnc_tls=1"):
+        rc, result, output = module({"path": str(qemu_conf), "settings": settings}, "-vvv", interpreter=python)
+        assert rc != 0 and "give them in secret_settings" in result["msg"], result
+        assert "Wr0ng-Pl4ce" not in output and "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER" in output
+    assert "Wr0ng-Pl4ce" not in syslog.read_text()
+    assert syslog.read_text().count(" settings=NOT_LOGGING_PARAMETER") == 3
+    assert "Wr0ng-Pl4ce" not in ansible_log.read_text() and "give them in secret_settings" in ansible_log.read_text()
+    assert qemu_conf.read_text() == original
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"max_processes": 1180591620717411303424}, "max_processes: 1180591620717411303424 is out of range"),
+    ({"cgroup_device_acl": ["/dev/null", ["/dev/zero"]]}, "cgroup_device_acl: item 2 of the list is a list"),
+    ({"max_files": 1.5}, "max_files: a decimal number is not a value"),
+])
+def test_values_libvirt_cannot_read_leave_the_file_alone(qemu_conf, settings, message):
+    original = qemu_conf.read_text()
+    for flags in ((), ("--check",)):
+        rc, result, dummy = module({"path": str(qemu_conf), "settings": settings}, *flags)
+        assert rc != 0 and message in result["msg"], result
     assert qemu_conf.read_text() == original
 
 

@@ -116,15 +116,6 @@ def listing(directory):
     return dict((p.name, sha256(p)) for p in directory.iterdir() if not p.name.startswith("vars-"))
 
 
-def stray_secret_dirs():
-    """Secret directories of module runs that are no longer alive (other runs may be going on)."""
-    found = []
-    for name in os.listdir("/run"):
-        if name.startswith("kvmsec-qcow2-encrypt.") and not os.path.exists("/proc/" + name.split(".")[1]):
-            found.append(name)
-    return found
-
-
 def virsh(*args, check=True):
     return subprocess.run(["virsh", "-c", URI] + list(args), check=check, capture_output=True, text=True)
 
@@ -206,11 +197,14 @@ def test_check_apply_idempotence_and_verification(images):
     assert result["virtual_size"] == 64 << 20 and "kept as %s" % result["backup_file"] in output
     assert info(image)["encrypted"] is True
     assert reads_back(image, passfile(images)) and not reads_back(image, passfile(images, "wrong", "bad"))
-    assert sha256(result["backup_file"]) == before
+    assert sha256(result["backup_file"]) == before and result["plaintext_backups"] == [result["backup_file"]]
+    backup = result["backup_file"]
 
     for check in (False, True):
-        status, result, dummy = module(encrypt_args(image), images, check=check)
+        status, result, output = module(encrypt_args(image), images, check=check)
         assert status == "SUCCESS" and result["changes"] == []
+        # the backup outlives the run that made it: every later run names it
+        assert result["plaintext_backups"] == [backup] and "kept as %s" % backup in output
     status, dummy, dummy2 = module(encrypt_args(image, state="verified"), images)
     assert status == "SUCCESS"
     status, result, dummy = module(encrypt_args(image, state="verified", passphrase="wrong"), images)
@@ -295,11 +289,38 @@ def test_passphrase_read_from_a_libvirt_secret(images, guests):
         xml.write_text("<secret ephemeral='no' private='%s'><uuid>%s</uuid></secret>" % (flag, uid))
         virsh("secret-define", str(xml))
         virsh("secret-set-value", uid, "--file", str(passfile(images)), "--plain")
+    valueless = str(uuid.uuid4())
+    guests.secrets.append(valueless)
+    xml = images / "valueless.xml"
+    xml.write_text("<secret ephemeral='no' private='no'><uuid>%s</uuid></secret>" % valueless)
+    virsh("secret-define", str(xml))
     args = {"path": str(image), "iter_time": 10}
-    status, result, dummy = module(dict(args, passphrase_libvirt_secret=private), images)
-    assert status == "FAILED!" and "private secret's value cannot be read back" in result["msg"]
+    missing = str(uuid.uuid4())
+    for secret, message in [
+            (private, "passphrase_libvirt_secret %s is a private secret, whose value libvirt never hands out;"
+                      " give passphrase or passphrase_file instead" % private),
+            (missing, "passphrase_libvirt_secret %s: libvirt has no secret with this UUID; give the UUID of a"
+                      " defined secret that is not private (virsh secret-list)" % missing),
+            (valueless, "passphrase_libvirt_secret %s: libvirt cannot give its value" % valueless),
+            ("web01", "passphrase_libvirt_secret 'web01' is not a UUID")]:
+        status, result, dummy = module(dict(args, passphrase_libvirt_secret=secret), images)
+        assert status == "FAILED!" and message in result["msg"], result["msg"]
     status, result, dummy = module(dict(args, passphrase_libvirt_secret=readable), images)
     assert status == "CHANGED" and reads_back(image, passfile(images))
+
+
+def test_an_unreadable_passphrase_file_is_named_before_libvirt_is_asked(images):
+    image = make_image(images / "vm.qcow2")
+    good = passfile(images)
+    before = listing(images)
+    for option in ("passphrase_file", "old_passphrase_file"):
+        args = {"path": str(image), "passphrase_file": str(good), "libvirt_uri": "qemu:///nowhere"}
+        args[option] = str(images / "no-such-file")
+        status, result, dummy = module(args, images)
+        assert status == "FAILED!" and result["msg"] == (
+            "%s %s cannot be read (No such file or directory): give the path of a readable file on the managed"
+            " host that holds the passphrase" % (option, images / "no-such-file"))
+    assert listing(images) == before
 
 
 def test_module_respawns_under_the_system_python_for_libvirt(images, guests, tmp_path):
@@ -344,7 +365,7 @@ def test_sigkill_of_qemu_img_midway_leaves_original_intact_and_no_stray_files(im
     output = proc.communicate()[0]
     assert "FAILED!" in output and "qemu-img convert failed (exit -9)" in output
     assert sha256(image) == before and qemu_img("check", str(image))
-    assert listing(images) == {"big.qcow2": before} and stray_secret_dirs() == []
+    assert listing(images) == {"big.qcow2": before}
 
 
 def test_sigkill_of_the_module_and_qemu_img_midway_then_the_next_run_cleans_up(images):
@@ -361,21 +382,22 @@ def test_sigkill_of_the_module_and_qemu_img_midway_then_the_next_run_cleans_up(i
     assert "FAILED!" in proc.communicate()[0]
     assert sha256(image) == before and qemu_img("check", str(image))
     leftovers = list(images.glob(".big.qcow2.kvmsec-encrypt.*~"))
-    assert len(leftovers) == 1 and len(stray_secret_dirs()) >= 1  # nothing could remove them
+    assert len(leftovers) == 1  # nothing could remove it
     status, result, dummy = module(encrypt_args(image, backup=False), images)
     assert status == "CHANGED", result
     assert "remove %s, left by an interrupted run" % leftovers[0] in result["changes"]
     assert list(listing(images)) == ["big.qcow2"]
-    assert reads_back(image, passfile(images)) and stray_secret_dirs() == []
+    assert reads_back(image, passfile(images))
 
 
 class CmdlineWatcher(threading.Thread):
-    """Read every process's command line and environment until stopped."""
+    """Read every process's command line and environment until stopped, and what the secret
+    objects of qemu-img read (``file=/dev/fd/N``: the target of that descriptor)."""
 
     def __init__(self, needle):
         super(CmdlineWatcher, self).__init__(daemon=True)
         self.needle = needle.encode()
-        self.leaks, self.conversions = [], 0
+        self.leaks, self.conversions, self.secret_sources = [], 0, set()
         self.done = threading.Event()
 
     def run(self):
@@ -390,7 +412,18 @@ class CmdlineWatcher(threading.Thread):
                         self.leaks.append((pid, what, data[:200]))
                     if what == "cmdline" and data.startswith(b"qemu-img\0convert\0"):
                         self.conversions += 1
+                        self.secret_sources.update(self.sources(pid, data))
             time.sleep(0.005)
+
+    @staticmethod
+    def sources(pid, cmdline):
+        found = []
+        for fd in re.findall(rb"secret,id=\w+,file=([^,\0]+)", cmdline):
+            try:
+                found.append(os.readlink("/proc/%s/fd/%s" % (pid, fd.decode().rsplit("/", 1)[1])))
+            except (OSError, IndexError):
+                found.append(fd.decode())   # not a descriptor: a file, or the process is gone
+        return found
 
 
 def test_passphrase_never_on_a_command_line_nor_in_verbose_output(images, tmp_path):
@@ -413,6 +446,9 @@ def test_passphrase_never_on_a_command_line_nor_in_verbose_output(images, tmp_pa
     assert proc.returncode == 0, output
     assert watcher.conversions > 0, "the watcher never saw the conversion: it proves nothing"
     assert watcher.leaks == []
+    # QEMU read the passphrase from a pipe: no file held it, on disk or tmpfs
+    assert watcher.secret_sources and all(src.startswith("pipe:[") for src in watcher.secret_sources), \
+        watcher.secret_sources
     assert PASS not in output and "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER" in output
     assert '"encrypt_format": "luks"' in output and reads_back(image, passfile(images))
 

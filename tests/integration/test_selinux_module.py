@@ -61,8 +61,29 @@ def test_host_without_selinux_policy_gets_a_clear_error(tmp_path, bare_python, i
     ({"name": "a", "modules": [{"name": "b", "state": "absent"}]}, "mutually exclusive"),
     ({"modules": [{"name": "b", "state": "absent"}], "content": TE}, "mutually exclusive"),
     ({"name": "a", "content": TE, "state": "installed"}, "value of state must be one of"),
+    # the input's fault is named before the host's (this machine has no SELinux policy)
+    ({"name": "a", "src": "/nonexistent/a.te"},
+     "module a: src /nonexistent/a.te cannot be read (No such file or directory): give the path of a "
+     "readable .te, .cil or .pp file on the managed host"),
+    ({"name": "a", "content": ""}, "module a: content is empty: give the text of a .te or .cil module"),
+    ({"name": "a", "content": "(allow a b (file (read))", "format": "cil"},
+     "module a: the CIL source does not parse: Open parenthesis without matching close at line 1"),
+    ({"name": "kvmsec_it", "content": TE, "priority": 1000}, "priority must be 1-999"),
+    ({"name": "kvmsec_it", "content": TE, "keep_versions": 1}, "keep_versions must be at least 2"),
 ])
-def test_bad_input_says_what_is_wrong(tmp_path, args, message):
-    rc, result = module(dict(args, state_dir=str(tmp_path / "state")))
+@pytest.mark.parametrize("check", [False, True])
+def test_bad_input_says_what_is_wrong(tmp_path, args, message, check):
+    rc, result, dummy = run_module("selinux_module", dict(args, state_dir=str(tmp_path / "state")),
+                                   *(["--check"] if check else []))
     assert rc != 0 and message in result["msg"], result
     assert not (tmp_path / "state").exists()
+
+
+@pytest.mark.parametrize("check", [False, True])
+def test_a_state_dir_that_is_a_file_is_refused_in_check_mode_too(tmp_path, check):
+    state = tmp_path / "state"
+    state.write_text("a file\n")
+    rc, result, dummy = run_module("selinux_module", {"name": "kvmsec_it", "content": TE, "state_dir": str(state)},
+                                   *(["--check"] if check else []))
+    assert rc != 0 and "state_dir %s is not a directory: give the path of a directory" % state in result["msg"]
+    assert state.read_text() == "a file\n"

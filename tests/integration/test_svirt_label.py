@@ -19,10 +19,18 @@ def module(args, interpreter=VENV_PYTHON):
 
 
 def test_a_host_without_an_lsm_driver_is_refused_with_the_fix(libvirtd):
-    rc, result = module({"uri": libvirtd, "guests": [{"name": "any"}]})
+    rc, result = module({"uri": libvirtd})
     assert rc != 0
     assert "no SELinux or AppArmor driver (security models: none, dac)" in result["msg"]
     assert "security_driver" in result["msg"]
+
+
+def test_a_guest_that_does_not_exist_is_named_first(libvirtd):
+    for check in (False, True):
+        rc, result, dummy = run_module("svirt_label", {"uri": libvirtd, "guests": [{"name": "kvmsec-no-such-guest"}]},
+                                       *(["--check"] if check else []), timeout=120)
+        assert rc != 0 and "guests: no libvirt domain 'kvmsec-no-such-guest' on this host" in result["msg"], result
+        assert "name each guest by the name or UUID of a defined domain" in result["msg"]
 
 
 def test_an_explicit_model_the_host_lacks_is_named(libvirtd):

@@ -131,15 +131,56 @@ def test_appending_to_a_file_without_final_newline():
 
 
 @pytest.mark.parametrize("settings, message", [
-    ({"bad name": 1}, "not a valid setting name"),
-    ({"x": "two\nlines"}, "newline"),
+    ({"bad name": 1}, "'bad name' is not a valid setting name: libvirt reads a letter followed by"),
+    # virConfParseName: a letter first, then letters, digits and _ (dots only in LXC/VMX files)
+    ({"_user": "qemu"}, "'_user' is not a valid setting name"),
+    ({"security.driver": "selinux"}, "'security.driver' is not a valid setting name"),
+    ({"x": "two\nlines"}, "x: a string may not hold a newline"),
+    ({"x": "carriage\rreturn"}, "x: a string may not hold a newline, a carriage return"),
+    ({"x": "nul\0byte"}, "or a NUL character"),
     ({"x": "both ' and \""}, "both kinds of quote"),
-    ({"x": {"a": 1}}, "not a number, a string"),
+    ({"x": {"a": 1}}, "x: a dictionary is not a value libvirt's configuration files hold; valid: an "
+                      "integer from -9223372036854775808 to 9223372036854775807"),
+    ({"x": 1.5}, "x: a decimal number is not a value"),
+    # libvirt's parser reads numbers into a long long and silently wraps bigger ones
+    ({"max_processes": 1180591620717411303424},
+     "max_processes: 1180591620717411303424 is out of range: libvirt reads numbers as signed 64-bit"),
+    ({"max_processes": 1 << 63}, "9223372036854775808 is out of range"),
+    ({"max_processes": -(1 << 63) - 1}, "-9223372036854775809 is out of range"),
+    # the daemons read lists as string lists: "expected a string list" refuses the whole file
+    ({"cgroup_device_acl": ["/dev/null", ["/dev/zero"]]},
+     "cgroup_device_acl: item 2 of the list is a list: libvirt reads list settings as lists of strings"),
+    ({"cgroup_device_acl": ["/dev/null", 5]}, "item 2 of the list is an integer"),
+    ({"namespaces": [None]}, "item 1 of the list is null"),
+    ({"namespaces": ["mount\n"]}, "namespaces: a string may not hold a newline"),
 ])
-def test_values_libvirt_cannot_hold_are_refused(settings, message):
+def test_values_libvirt_cannot_read_are_refused_naming_the_setting(settings, message):
     with pytest.raises(conf.ConfError) as caught:
         conf.plan(SAMPLE, settings)
     assert message in str(caught.value)
+
+
+@pytest.mark.parametrize("value", [(1 << 63) - 1, -(1 << 63), 0, True, ["/dev/null"], [], "", "it's"])
+def test_values_at_the_edge_of_what_libvirt_reads_are_written(value):
+    new_text, dummy = conf.plan("", {"x": value})
+    assert conf.values(new_text)["x"] == (int(value) if isinstance(value, bool) else value)
+
+
+def test_a_refused_secret_value_is_not_shown():
+    with pytest.raises(conf.ConfError) as caught:
+        conf.plan("", {"vnc_password": 1 << 70})
+    assert str(1 << 70) not in str(caught.value) and conf.MASK in str(caught.value)
+
+
+@pytest.mark.parametrize("settings, hidden", [
+    ({"vnc_password": "s3cret", "user": "qemu"}, {"s3cret"}),
+    ({"spice_password": 123456}, {"123456"}),
+    ({"tls_secret_list": ["a1", ["b2"]], "x": "y"}, {"a1", "b2"}),
+    ({"vnc_password": None, "remember_owner": True}, set()),
+    ({"vnc_password": True}, set()),
+])
+def test_secret_values_given_as_plain_settings_are_found_to_be_hidden(settings, hidden):
+    assert conf.leaked_secret_values(settings) == hidden
 
 
 def test_a_broken_file_is_refused_with_its_line_and_not_edited():

@@ -1,12 +1,16 @@
 """The qcow2_encrypt core, without Ansible, against the real qemu-img and qemu-io.
 
 Only QEMU's sporadic calibration failure is simulated (it cannot be provoked on demand); every
-other command runs for real on images made in tmp_path.
+other command runs for real on images made in tmp_path. A run killed at its rename is a real
+child process that SIGKILLs itself there.
 """
 
 import json
 import os
+import re
 import select
+import signal
+import stat
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -18,6 +22,17 @@ from ansible_collections.kvmsec.hardening.plugins.module_utils._command import C
 
 PASS = b"correct horse battery staple"
 FAST = 10  # ms of key derivation: plenty for tests, too little for production
+
+
+def subprocess_run(argv, data=None, pass_fds=()):
+    """The cores' ``run`` contract with ``pass_fds``, which this core uses to hand QEMU its pipes."""
+    proc = subprocess.run(list(argv), input=data, capture_output=True, check=False, pass_fds=pass_fds)
+    return proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
+
+
+@pytest.fixture
+def run():
+    return subprocess_run
 
 
 def qemu_img(*args):
@@ -74,7 +89,8 @@ def siblings(path):
     (dict(cipher={"cipher_mode": "ecb"}), "cipher_mode=ecb is not supported"),
     (dict(iter_time=0), "iter_time must be a positive"),
     (dict(when_in_use="ignore"), "when_in_use must be fail or skip"),
-    (dict(secret_uuid="not-a-uuid"), "is not a UUID"),
+    (dict(secret_uuid="not-a-uuid"), "libvirt_secret.uuid 'not-a-uuid' is not a UUID"),
+    (dict(old_passphrase=b""), "old_passphrase is empty"),
 ])
 def test_bad_input_is_refused_before_touching_the_host(tmp_path, run, kwargs, message):
     image = make_image(tmp_path / "a.qcow2")
@@ -124,6 +140,9 @@ def test_plain_image_round_trip_keeps_data_sparseness_and_a_backup(tmp_path, run
     assert "encrypted" not in info(backup)
     assert subprocess.run(["qemu-io", "-r", "-c", "read -P 0x5a 1M 2M", backup], capture_output=True, check=False).returncode == 0
     assert siblings(tmp_path / "vm.qcow2") == sorted(["bad", "pw", "vm.qcow2", os.path.basename(backup)])
+    assert result["plaintext_backups"] == [backup]
+    assert result["warnings"] == ["the unencrypted original of %s is kept as %s: delete it once the guest"
+                                  " runs from the encrypted image" % (image, backup)]
 
 
 def test_second_run_and_verification_change_nothing(tmp_path, run):
@@ -309,14 +328,14 @@ def test_failed_verification_keeps_original_and_removes_temp(tmp_path, run):
     before = (tmp_path / "vm.qcow2").read_bytes()
     pw = secret_file(tmp_path, PASS)
 
-    def corrupting_run(argv, data=None):
+    def corrupting_run(argv, data=None, pass_fds=()):
         # damage the fresh copy for real before qemu-img compare looks at it
         if argv[:2] == ["qemu-img", "compare"]:
             temp = core.temp_path(image)
             subprocess.run(["qemu-io", "--object", "secret,id=s,file=" + pw, "--image-opts",
                             "driver=qcow2,file.filename=%s,encrypt.key-secret=s" % temp,
                             "-c", "write -P 0x77 1M 4k"], check=True, capture_output=True)
-        return run(argv, data)
+        return run(argv, data, pass_fds)
 
     with pytest.raises(CommandError, match="qemu-img compare failed"):
         core.ensure(corrupting_run, request(image))
@@ -343,6 +362,69 @@ def test_leftovers_of_a_killed_run_are_removed_and_live_runs_respected(tmp_path,
     finally:
         alive.kill()
         alive.wait()
+
+
+KILLED_AT_RENAME = """
+import os, signal, subprocess, sys
+from ansible_collections.kvmsec.hardening.plugins.module_utils import _qcow2_encrypt as core
+
+def run(argv, data=None, pass_fds=()):
+    proc = subprocess.run(list(argv), input=data, capture_output=True, pass_fds=pass_fds)
+    return proc.returncode, proc.stdout.decode(), proc.stderr.decode()
+
+rename = os.rename
+
+def killed(source, target):
+    if sys.argv[2] == "after":
+        rename(source, target)
+    os.kill(os.getpid(), signal.SIGKILL)   # no finally, no cleanup: as the OOM killer ends a run
+
+os.rename = killed
+core.ensure(run, core.Request(sys.argv[1], %r, iter_time=%d))
+""" % (PASS, FAST)
+
+
+def killed_at_rename(image, when):
+    """Run the core in a child process that dies by SIGKILL just before or just after its rename."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    proc = subprocess.run([sys.executable, "-c", KILLED_AT_RENAME, image, when], env=env,
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    backups = [b for b in os.listdir(os.path.dirname(image)) if b.startswith("vm.qcow2.2")]
+    assert len(backups) == 1
+    return os.path.join(os.path.dirname(image), backups[0])
+
+
+def test_killed_before_the_rename_the_backup_link_is_removed_by_the_next_run(tmp_path, run):
+    image = make_image(tmp_path / "vm.qcow2")
+    before = (tmp_path / "vm.qcow2").read_bytes()
+    link = killed_at_rename(image, "before")
+    # the "backup" is the unconverted image itself under a second name
+    assert os.stat(link).st_ino == os.stat(image).st_ino and "encrypted" not in info(image)
+    planned = core.ensure(run, request(image), check_mode=True)
+    assert "remove %s, left by an interrupted run" % link in planned["changes"]
+    assert planned["plaintext_backups"] == [] and os.path.exists(link)
+    result = core.ensure(run, request(image, backup=False))
+    assert "remove %s, left by an interrupted run" % link in result["changes"]
+    assert result["plaintext_backups"] == [] and result["warnings"] == []
+    assert siblings(tmp_path / "vm.qcow2") == ["vm.qcow2"] and result["encrypt_format"] == "luks"
+    assert (tmp_path / "vm.qcow2").read_bytes() != before
+
+
+def test_killed_after_the_rename_every_later_run_reports_the_plaintext_backup(tmp_path, run):
+    image = make_image(tmp_path / "vm.qcow2")
+    before = (tmp_path / "vm.qcow2").read_bytes()
+    backup = killed_at_rename(image, "after")
+    assert info(image)["encrypted"] is True and open(backup, "rb").read() == before
+    warning = ("the unencrypted original of %s is kept as %s: delete it once the guest runs from the"
+               " encrypted image" % (image, backup))
+    for kwargs in (dict(), dict(state="verified")):
+        for check in (False, True):
+            result = core.ensure(run, request(image, **kwargs), check_mode=check)
+            assert not result["changed"] and result["changes"] == []
+            assert result["plaintext_backups"] == [backup] and result["warnings"] == [warning]
+    os.unlink(backup)
+    assert core.ensure(run, request(image))["plaintext_backups"] == []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -386,8 +468,8 @@ def test_real_conversions_survive_calibration_failures(tmp_path, run):
     some of these conversions meet it; every one of them must still succeed."""
     attempts = []
 
-    def counting(argv, data=None):
-        rc, out, err = run(argv, data)
+    def counting(argv, data=None, pass_fds=()):
+        rc, out, err = run(argv, data, pass_fds)
         if argv[:2] == ["qemu-img", "convert"]:
             attempts.append(core.CALIBRATION_ERROR in err)
         return rc, out, err
@@ -402,24 +484,81 @@ def test_real_conversions_survive_calibration_failures(tmp_path, run):
 # secrets
 
 
-def test_secret_files_are_private_and_removed(tmp_path):
-    with core.SecretFiles(str(tmp_path)) as secrets:
-        path = secrets.add("new", b"s3cret")
-        assert os.stat(secrets.path).st_mode & 0o777 == 0o700
-        assert os.stat(path).st_mode & 0o777 == 0o600
-        assert open(path, "rb").read() == b"s3cret"
-    assert os.listdir(str(tmp_path)) == []
+def test_secrets_reach_qemu_through_pipes_and_no_file(tmp_path, run):
+    """/run is a directory on disk here (no systemd): a secret file anywhere could land on disk."""
+    image = make_image(tmp_path / "vm.qcow2")
+    objects = []
+
+    def watching(argv, data=None, pass_fds=()):
+        for arg in argv:
+            if arg.startswith("secret,"):
+                fd = int(re.match(r"^secret,id=\w+,file=/dev/fd/(\d+),format=raw$", arg).group(1))
+                assert fd in pass_fds and stat.S_ISFIFO(os.fstat(fd).st_mode)
+                objects.append(arg)
+        return run(argv, data, pass_fds)
+
+    result = core.ensure(watching, request(image, backup=False))
+    assert result["encrypt_format"] == "luks" and len(objects) >= 2   # convert (and its retries), compare
+    assert read_ok(image, secret_file(tmp_path, PASS))
+    assert siblings(tmp_path / "vm.qcow2") == ["pw", "vm.qcow2"]
 
 
-def test_secret_dirs_of_dead_runs_are_removed(tmp_path):
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    stale = tmp_path / ("%s%d.abc" % (core.SECRET_DIR_PREFIX, dead.pid))
-    mine = tmp_path / ("%s%d.abc" % (core.SECRET_DIR_PREFIX, os.getpid()))
-    stale.mkdir()
-    mine.mkdir()
-    core.remove_stale_secret_dirs(str(tmp_path))
-    assert sorted(os.listdir(str(tmp_path))) == [mine.name]
+def test_a_pipe_holds_the_secret_once_then_ends():
+    fd = core.pipe_holding(b"s3cret")
+    try:
+        assert os.read(fd, 100) == b"s3cret" and os.read(fd, 100) == b""
+    finally:
+        os.close(fd)
+
+
+def test_the_keyed_runner_gives_each_command_fresh_pipes_and_closes_them(run):
+    keys = core.Keys(b"new-s3cret", b"old-s3cret")
+    seen = []
+
+    def reading(argv, data=None, pass_fds=()):
+        seen.append(argv)
+        return run(["cat"] + [arg.split("file=")[1].split(",")[0] for arg in argv if "file=" in arg],
+                   data, pass_fds)
+
+    keyed = keys.runner(reading)
+    for dummy in range(2):
+        rc, out, dummy2 = keyed(["qemu-img", "info"] + keys.args(core.OLD_KEY, core.NEW_KEY))
+        assert (rc, out) == (0, "new-s3cretold-s3cret")
+    assert "s3cret" not in json.dumps(seen)
+    fds = [int(arg.rsplit("/", 1)[1].split(",")[0]) for argv in seen for arg in argv if "file=" in arg]
+    for fd in fds:
+        with pytest.raises(OSError):
+            os.fstat(fd)
+    assert keyed(["true"]) == (0, "", "")   # no secret, no pass_fds: any runner will do
+
+
+def test_a_passphrase_too_long_for_a_pipe_is_refused_before_qemu_runs(tmp_path, run):
+    image = make_image(tmp_path / "vm.qcow2")
+    before = (tmp_path / "vm.qcow2").read_bytes()
+    for check in (True, False):
+        with pytest.raises(core.Qcow2EncryptError, match="does not fit in this host's pipe buffer"):
+            core.ensure(run, request(image, passphrase=b"x" * (4 << 20)), check_mode=check)
+    assert (tmp_path / "vm.qcow2").read_bytes() == before and siblings(tmp_path / "vm.qcow2") == ["vm.qcow2"]
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, r"passphrase_file \S+ cannot be read \(No such file or directory\): give the path of a readable"),
+    ("dir", r"passphrase_file \S+ cannot be read \(Is a directory\)"),
+    (b"", r"passphrase_file \S+ is empty"),
+    (b"\n", r"passphrase_file \S+ is empty"),
+])
+def test_an_unusable_passphrase_file_is_named(tmp_path, content, message):
+    path = tmp_path / "pw"
+    if content == "dir":
+        path.mkdir()
+    elif content is not None:
+        path.write_bytes(content)
+    with pytest.raises(core.Qcow2EncryptError, match=message):
+        core.read_passphrase_file("passphrase_file", str(path))
+
+
+def test_a_passphrase_file_loses_one_trailing_newline(tmp_path):
+    assert core.read_passphrase_file("x", secret_file(tmp_path, b"pw\n\n")) == b"pw\n"
 
 
 def test_result_holds_no_secret(tmp_path, run):

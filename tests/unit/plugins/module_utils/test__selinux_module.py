@@ -14,6 +14,8 @@ together or not at all) and computes checksums with the real converter. The lab 
 
 import bz2
 import copy
+import ctypes
+import ctypes.util
 import hashlib
 import json
 import os
@@ -130,7 +132,12 @@ def manager(semodule, store):
 
 
 def apply(manager, *specs, check=False):
-    return core.run_modules(list(specs), manager, check)
+    return core.run_modules(core.prepare(list(specs)), manager, check)
+
+
+def build(one, host, tools, run, workdir):
+    """Read one spec's source, then build it: what a run does for each module."""
+    return core.build(core.read_source(one), host, tools, run, workdir)
 
 
 def spec(name, **kwargs):
@@ -149,10 +156,10 @@ def test_policy_header_says_whether_the_policy_is_mls():
 
 
 def test_pp_header_gives_name_and_mls(run, tmp_path):
-    mls = core.build(spec("kvmsec_ta", content=te("kvmsec_ta")), MLS, TOOLS, run, str(tmp_path))
+    mls = build(spec("kvmsec_ta", content=te("kvmsec_ta")), MLS, TOOLS, run, str(tmp_path))
     assert core.pp_info(mls.data) == ("kvmsec_ta", True)
-    plain = core.build(spec("kvmsec_ta", content=te("kvmsec_ta")), core.Host("targeted", False),
-                       TOOLS, run, str(tmp_path))
+    plain = build(spec("kvmsec_ta", content=te("kvmsec_ta")), core.Host("targeted", False),
+                  TOOLS, run, str(tmp_path))
     assert core.pp_info(plain.data) == ("kvmsec_ta", False)
     with pytest.raises(core.SelinuxModuleError, match="not a valid SELinux policy package"):
         core.pp_info(b"(allow a b (file (read)))")
@@ -198,9 +205,9 @@ def test_denials_from_a_real_guest_start():
 
 def test_generated_te_is_deterministic_and_compiles(run, tmp_path):
     text = (DATA / "avc-libvirt-guest-start.txt").read_text()
-    built = core.build(spec("local_libvirt", avc=text), MLS, TOOLS, run, str(tmp_path))
+    built = build(spec("local_libvirt", avc=text), MLS, TOOLS, run, str(tmp_path))
     shuffled = "\n".join(reversed(text.splitlines()))
-    again = core.build(spec("local_libvirt", avc=shuffled), MLS, TOOLS, run, str(tmp_path))
+    again = build(spec("local_libvirt", avc=shuffled), MLS, TOOLS, run, str(tmp_path))
     assert built.generated == again.generated and built.sha256 == again.sha256
     assert built.origin == "avc" and built.denials == 12
     assert "allow virtd_t self:capability2 bpf;" in built.generated
@@ -213,45 +220,45 @@ def test_avc_without_denials_is_refused(run, tmp_path):
     granted = ('type=AVC msg=audit(1.1:2): avc:  granted  { setenforce } for pid=1 '
                'scontext=u:r:a_t:s0 tcontext=u:r:a_t:s0 tclass=security')
     with pytest.raises(core.SelinuxModuleError, match="holds no AVC or USER_AVC denial"):
-        core.build(spec("x", avc=granted), MLS, TOOLS, run, str(tmp_path))
+        build(spec("x", avc=granted), MLS, TOOLS, run, str(tmp_path))
 
 
 # ---------------------------------------------------------------- building sources
 
 def test_te_checksum_is_what_semodule_reports(run, tmp_path):
-    built = core.build(spec("kvmsec_libvirt", content=(DATA / "kvmsec_libvirt.te").read_text()),
-                       MLS, TOOLS, run, str(tmp_path))
+    built = build(spec("kvmsec_libvirt", content=(DATA / "kvmsec_libvirt.te").read_text()),
+                  MLS, TOOLS, run, str(tmp_path))
     assert (built.format, built.sha256) == ("pp", LIBVIRT_SHA256)
 
 
 def test_cil_checksum_is_the_file(run, tmp_path):
     path = tmp_path / "kvmsec_tc.cil"
     path.write_text(CIL_SOURCE)
-    built = core.build(spec("kvmsec_tc", src=str(path)), MLS, TOOLS, run, str(tmp_path))
+    built = build(spec("kvmsec_tc", src=str(path)), MLS, TOOLS, run, str(tmp_path))
     assert (built.format, built.sha256, built.data) == ("cil", CIL_SHA256, CIL_SOURCE.encode())
 
 
 def test_file_contexts_change_the_module_interface_does_not(run, tmp_path):
-    plain = core.build(spec("kvmsec_ta", content=te("kvmsec_ta")), MLS, TOOLS, run, str(tmp_path))
+    plain = build(spec("kvmsec_ta", content=te("kvmsec_ta")), MLS, TOOLS, run, str(tmp_path))
     fc = "/srv/kvmsec(/.*)?  system_u:object_r:virt_image_t:s0\n"
-    with_fc = core.build(spec("kvmsec_ta", content=te("kvmsec_ta"), fc_content=fc), MLS, TOOLS, run,
-                         str(tmp_path))
-    with_if = core.build(spec("kvmsec_ta", content=te("kvmsec_ta"), if_content="## <summary/>\n"),
-                         MLS, TOOLS, run, str(tmp_path))
+    with_fc = build(spec("kvmsec_ta", content=te("kvmsec_ta"), fc_content=fc), MLS, TOOLS, run,
+                    str(tmp_path))
+    with_if = build(spec("kvmsec_ta", content=te("kvmsec_ta"), if_content="## <summary/>\n"),
+                    MLS, TOOLS, run, str(tmp_path))
     assert with_fc.sha256 != plain.sha256 and with_fc.sources["fc"] == fc
     assert with_if.sha256 == plain.sha256 and with_if.sources["if"] == "## <summary/>\n"
 
 
 def test_prebuilt_pp_is_checked_and_hashed_like_its_source(run, tmp_path):
-    built = core.build(spec("kvmsec_ta", content=te("kvmsec_ta")), MLS, TOOLS, run, str(tmp_path))
+    built = build(spec("kvmsec_ta", content=te("kvmsec_ta")), MLS, TOOLS, run, str(tmp_path))
     path = tmp_path / "prebuilt.pp"
     path.write_bytes(built.data)
-    from_pp = core.build(spec("kvmsec_ta", src=str(path)), MLS, TOOLS, run, str(tmp_path))
+    from_pp = build(spec("kvmsec_ta", src=str(path)), MLS, TOOLS, run, str(tmp_path))
     assert (from_pp.sha256, from_pp.origin) == (built.sha256, "pp")
     with pytest.raises(core.SelinuxModuleError, match="the policy package is module kvmsec_ta inside"):
-        core.build(spec("other", src=str(path)), MLS, TOOLS, run, str(tmp_path))
+        build(spec("other", src=str(path)), MLS, TOOLS, run, str(tmp_path))
     with pytest.raises(core.SelinuxModuleError, match="built with MLS, this host's policy is not MLS"):
-        core.build(spec("kvmsec_ta", src=str(path)), core.Host("x", False), TOOLS, run, str(tmp_path))
+        build(spec("kvmsec_ta", src=str(path)), core.Host("x", False), TOOLS, run, str(tmp_path))
 
 
 @pytest.mark.parametrize("source, message", [
@@ -262,14 +269,94 @@ def test_prebuilt_pp_is_checked_and_hashed_like_its_source(run, tmp_path):
     (dict(content=te("y")), "the .te source declares module y; the names must match"),
     (dict(content="policy_module(x, 1.0)\n"), "neither a .te module"),
     (dict(content=te("x"), fmt="pp"), "a .pp is binary: give it as src"),
-    (dict(src="/nonexistent/x.te"), "cannot read source /nonexistent/x.te"),
+    (dict(src="/nonexistent/x.te"), r"module x: src /nonexistent/x.te cannot be read \(No such file or "
+                                    r"directory\): give the path of a readable .te, .cil or .pp file"),
+    (dict(content=te("x"), fc_src="/nonexistent/x.fc"), r"module x: fc_src /nonexistent/x.fc cannot be read"),
+    (dict(content=te("x"), if_src="/nonexistent/x.if"), r"module x: if_src /nonexistent/x.if cannot be read"),
+    (dict(src="/dev/null", fmt="cil"), "module x: src /dev/null is empty: give a file holding"),
+    (dict(content=""), "module x: content is empty: give the text of a .te or .cil module"),
+    (dict(content=" \n\t\n", fmt="cil"), "module x: content is empty"),
+    (dict(content="(allow a b (file (read))\n"), "module x: the CIL source does not parse: Open parenthesis "
+                                                 "without matching close at line 2"),
     (dict(src="/etc/hostname"), "cannot tell the format of /etc/hostname"),
     (dict(content=CIL_SOURCE, fc_content="/x  u:r:t:s0\n"), "file contexts .* go with a .te source"),
 ])
 def test_bad_sources_say_what_is_wrong(run, tmp_path, source, message):
     with pytest.raises(core.SelinuxModuleError, match=message) as caught:
-        core.build(spec("x", **source), MLS, TOOLS, run, str(tmp_path))
+        build(spec("x", **source), MLS, TOOLS, run, str(tmp_path))
     assert str(tmp_path) not in str(caught.value)
+
+
+# libsepol's own messages for these (checked against the library below when it is there)
+CIL_CASES = [
+    (CIL_SOURCE, None),
+    ("; only a comment\n(allow a b (file (read))) ; and one after\n", None),
+    ('(typeattributeset cil_gen_require "a b")\n', None),
+    ("(allow a b (file (read)))\r\n()\n", None),
+    ("(allow a b (file (read))\n", "Open parenthesis without matching close at line 2"),
+    ("(allow a b))\n", "Close parenthesis without matching open at line 1"),
+    ("\n\nallow a b\n", "Symbol not inside parenthesis at line 3"),
+    ('(a "b)\n', "Invalid token '\"' at line 1"),
+    ('(a "b\nc")\n', "Invalid token '\"' at line 1"),
+    ("(a \\ b)\n", "Invalid token '\\' at line 1"),
+    ("(a b)\n)", "Close parenthesis without matching open at line 2"),
+]
+
+
+@pytest.mark.parametrize("text, message", CIL_CASES)
+def test_cil_syntax_as_libsepol_reads_it(text, message):
+    assert core.cil_syntax_error(text) == message
+
+
+def libsepol_parse(text):
+    """The first error of libsepol's own CIL parser (cil_add_file, which semodule runs), or None."""
+    lib = ctypes.CDLL("libsepol.so.2")
+    messages = []
+    handler = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p)(lambda level, msg: messages.append(msg))
+    lib.cil_set_log_handler(handler)
+    db = ctypes.c_void_p()
+    lib.cil_db_init(ctypes.byref(db))
+    data = text.encode()
+    try:
+        rc = lib.cil_add_file(db, b"x.cil", data, len(data))
+    finally:
+        lib.cil_db_destroy(ctypes.byref(db))
+    if rc == 0:
+        return None
+    return messages[0].decode().rstrip("\n").replace(" of x.cil", "")
+
+
+@pytest.mark.skipif(not ctypes.util.find_library("sepol"), reason="libsepol is not installed")
+@pytest.mark.parametrize("text, message", CIL_CASES)
+def test_the_cil_cases_are_what_libsepol_says(text, message):
+    assert libsepol_parse(text) == message
+
+
+@pytest.mark.parametrize("cil, state, message", [
+    ("(allow virtd_t self (capability2 (wake_alarm))\n", "state",
+     r"module kvmsec_tc: the CIL source does not parse: Open parenthesis without matching close at line 2"),
+    (CIL_SOURCE, "file", r"state_dir \S+/file is not a directory: give the path of a directory"),
+    (CIL_SOURCE, "file/state", r"state_dir \S+/file/state cannot be created: \S+/file is not a directory"),
+])
+def test_check_mode_fails_where_the_real_run_fails(semodule, tmp_path, cil, state, message):
+    (tmp_path / "file").write_text("not a directory\n")
+    for check in (True, False):
+        with pytest.raises(core.SelinuxModuleError, match=message):
+            store = core.VersionStore(str(tmp_path / state))
+            apply(core.Manager(semodule, TOOLS, MLS, store), spec("kvmsec_tc", content=cil, fmt="cil"), check=check)
+    assert semodule.transactions == [] and (tmp_path / "file").read_text() == "not a directory\n"
+    assert sorted(os.listdir(tmp_path)) == ["file"]
+
+
+def test_bad_input_is_refused_before_any_host_or_tool_is_known(tmp_path):
+    """prepare() takes neither host, tools nor a runner: what it refuses is the input's fault."""
+    for bad in (spec("a", src=str(tmp_path / "missing.te")), spec("a", content=""),
+                spec("a", content="(a (b)", fmt="cil")):
+        with pytest.raises(core.SelinuxModuleError, match="module a: "):
+            core.prepare([bad])
+    assert core.prepare([spec("a", state="absent")])[0].format is None
+    with pytest.raises(core.SelinuxModuleError, match="priority must be 1-999"):
+        core.check_priority(0)
 
 
 @pytest.mark.parametrize("specs, message", [

@@ -494,12 +494,13 @@ class FakeHandle(object):
 
 
 class FakeConn(object):
-    def __init__(self, items):
+    def __init__(self, items, capabilities=None):
         self.items = items
+        self.capabilities = capabilities or fixture("capabilities-selinux.xml")
         self.defined = []
 
     def getCapabilities(self):  # noqa: N802
-        return fixture("capabilities-selinux.xml")
+        return self.capabilities
 
     def listAllDomains(self, flags):  # noqa: N802
         return [FakeHandle(item) for item in self.items]
@@ -524,3 +525,22 @@ def test_evaluate_and_summary_report_every_domain(host):
     assert len(conn.defined) == 1
     diff = core.diff(evaluation.plans)
     assert diff["before"] == "# b\n\n" and result["guests"][0]["label"] in diff["after"]
+
+
+# the security models of this development machine's libvirt 9.0 (virsh capabilities)
+NO_LSM = ("<capabilities><host><secmodel><model>none</model><doi>0</doi></secmodel>"
+          "<secmodel><model>dac</model><doi>0</doi></secmodel></host></capabilities>")
+
+
+@pytest.mark.parametrize("guests, message", [
+    ([{"name": "zz"}], "guests: no libvirt domain 'zz' on this host (domains: a, b); name each guest by the "
+                       "name or UUID of a defined domain"),
+    ([{"name": "a"}, {"name": "zz", "type": "static"}], "guests: no libvirt domain 'zz'"),
+    ([{"name": "a"}], "no SELinux or AppArmor driver (security models: none, dac)"),
+    ([], "no SELinux or AppArmor driver (security models: none, dac)"),
+])
+def test_a_missing_guest_is_named_before_the_hosts_driver(host, guests, message):
+    conn = FakeConn([domain("a", 1), domain("b", 2)], capabilities=NO_LSM)
+    with pytest.raises(core.SvirtError) as caught:
+        core.evaluate(conn, FakeLibvirt, {"guests": guests}, host)
+    assert message in str(caught.value)
