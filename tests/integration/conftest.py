@@ -10,8 +10,10 @@ import os
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
+import yaml
 
 URI = "qemu:///system"
 
@@ -46,3 +48,21 @@ def libvirtd():
                 pytest.fail("libvirtd did not answer on %s within 30 s" % URI)
             time.sleep(0.5)
     return URI
+
+
+@pytest.fixture(scope="session")
+def hardening_playbook():
+    """Writes a playbook that ends like harden-kvm.yml: a play with harden-kvm.yml's own play
+    keywords (check mode, diffs and failures recorded instead of fatal in an audit) around the
+    given tasks or roles on kvm_hosts, then the collection's report play."""
+    root = Path(__file__).resolve().parents[2]
+    harden = yaml.safe_load((root / "playbooks" / "harden-kvm.yml").read_text())[0]
+    keywords = dict((key, harden[key]) for key in ("check_mode", "diff", "ignore_errors"))
+
+    def write(path, **body):
+        play = dict({"name": "Controls under test", "hosts": "kvm_hosts", "gather_facts": False}, **keywords)
+        play.update(body)
+        path.write_text(yaml.safe_dump([play, {"name": "Report", "ansible.builtin.import_playbook":
+                                               str(root / "playbooks" / "report.yml")}], sort_keys=False))
+        return path
+    return write

@@ -519,3 +519,56 @@ def test_role_encrypts_the_qcow2_volumes_of_a_pool(images, guests, tmp_path):
         assert (changed, failed) == (0, 0), output
     finally:
         virsh("pool-destroy", pool, check=False)
+
+
+def audit_and_harden(tmp_path, hardening_playbook, role_vars, host_vars=None):
+    """Runs image_encryption the way harden-kvm.yml does, with the report play after it, on
+    localhost as the one kvm_hosts host: returns run(check) -> (output, IMAGE-ENC-01 result)."""
+    inventory = tmp_path / "inventory.json"
+    inventory.write_text(json.dumps({"kvm_hosts": {"hosts": {"localhost": dict(
+        {"ansible_connection": "local", "ansible_python_interpreter": sys.executable,
+         "kvmsec_fail_severity": "none"}, **(host_vars or {}))}}}))
+    playbook = hardening_playbook(tmp_path / "harden.yml", vars=role_vars,
+                                  roles=[{"role": "kvmsec.hardening.image_encryption"}])
+    secrets = secrets_file(tmp_path, {"q3_pw": PASS})
+
+    def run(check):
+        argv = [str(BIN / "ansible-playbook"), "-i", str(inventory), str(playbook), "-e", "@%s" % secrets,
+                "-e", "kvmsec_report_dir=%s" % (tmp_path / "report")] + (["--check"] if check else [])
+        proc = subprocess.run(argv, capture_output=True, text=True, env=ansible_env(), check=False)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        report = json.loads((tmp_path / "report" / "localhost.json").read_text())
+        return proc.stdout, next(c for c in report["controls"] if c["id"] == "IMAGE-ENC-01")
+    return run
+
+
+def test_the_audit_fails_while_a_plaintext_backup_is_left_and_the_role_removes_it(
+        images, guests, tmp_path, hardening_playbook):
+    image = make_image(images / "guest.qcow2")
+    name = guests(image)
+    role_vars = {"image_encryption_images": [{"path": str(image), "passphrase": "{{ q3_pw }}"}],
+                 "image_encryption_restart_guests": True, "image_encryption_shutdown_timeout": 5,
+                 "image_encryption_force_off": True, "image_encryption_iter_time": 10}
+    run = audit_and_harden(tmp_path, hardening_playbook, role_vars)
+    output, control = run(check=False)
+    guests.secrets.append(re.search(r"<secret type='passphrase' uuid='([0-9a-f-]+)'/>",
+                                    virsh("dumpxml", "--inactive", name).stdout).group(1))
+    backups = [str(path) for path in images.glob("guest.qcow2.*~")]
+    assert control["status"] == "fixed" and len(backups) == 1, control
+    # the backup is the plaintext: the audit fails naming it, and changes nothing
+    output, control = run(check=True)
+    assert control["status"] == "fail", control
+    assert backups[0] in control["evidence"][0]["text"] and PASS not in output
+    assert [str(path) for path in images.glob("guest.qcow2.*~")] == backups
+    # accepted for the transition until a date
+    waived = audit_and_harden(tmp_path, hardening_playbook, role_vars, {"kvmsec_waivers": [
+        {"control": "IMAGE-ENC-01", "justification": "rollback window", "owner": "virt-team",
+         "expires": "2999-12-31"}]})
+    assert waived(check=True)[1]["status"] == "waived"
+    # the guest runs from the encrypted image: the role may drop the backup, and the audit passes
+    assert virsh("domstate", name).stdout.strip() == "running" and guest_disk_encrypted(name)
+    remove = audit_and_harden(tmp_path, hardening_playbook, dict(role_vars, image_encryption_remove_backups=True))
+    output, control = remove(check=False)
+    assert not list(images.glob("guest.qcow2.*~")) and control["status"] == "fixed", control
+    output, control = remove(check=True)
+    assert control["status"] == "pass", control

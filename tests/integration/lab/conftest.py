@@ -109,3 +109,9 @@ def lab_vm():
     yield boot
     for name in booted:
         kvmlab.stop(name)
+
+
+@pytest.fixture(scope="module")
+def lab_vm_of():
+    """A LabVM for a VM something else booted (its kvmlab boot info); stopping it is theirs."""
+    return LabVM

@@ -1,17 +1,79 @@
-"""kvm_host_info and the audit on the real SELinux-enforcing lab host, against what the VM says."""
+"""The README's main command, from a fresh copy of the tree, and kvm_host_info on the VM it leaves.
+
+``scripts/harden-lab`` runs as a new user runs it: in a copy of what git ships (no
+.cache/collections link, no reports), sharing only the pinned virtualenv and the cached lab
+image. It boots a SELinux-enforcing lab VM, hardens it, audits it (exiting non-zero when a
+control fails) and leaves it running; the tests then read the reports and the VM's facts, and
+the VM is stopped at the end of the file.
+"""
 
 import json
+import os
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
-import yaml
+
+import kvmlab
 
 ROOT = Path(__file__).resolve().parents[3]
+VM = "kvmlab-main"
+
+
+def shipped_tree(target):
+    """What a fresh clone holds: the files git tracks (and new ones it does not ignore)."""
+    listing = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                             cwd=ROOT, capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, listing):
+        source = ROOT / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+    (target / ".venv").symlink_to(ROOT / ".venv")
 
 
 @pytest.fixture(scope="module")
-def vm(lab_vm):
-    return lab_vm("host-info")
+def main_command():
+    tree = Path(tempfile.mkdtemp(prefix="kvmsec-fresh-"))
+    shipped_tree(tree)
+    env = dict(os.environ)
+    for name in ("ANSIBLE_COLLECTIONS_PATH", "ANSIBLE_CONFIG"):
+        env.pop(name, None)
+    try:
+        proc = subprocess.run([str(tree / "scripts" / "harden-lab")], cwd=tree, env=env,
+                              capture_output=True, text=True, check=False, timeout=3000)
+        yield tree, proc
+    finally:
+        kvmlab.stop(VM)
+        shutil.rmtree(tree, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def vm(main_command, lab_vm_of):
+    tree, proc = main_command
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    return lab_vm_of(json.loads((tree / ".cache" / "harden-lab" / "vm.json").read_text()))
+
+
+def test_main_command_hardens_and_the_audit_passes(main_command, vm):
+    tree, proc = main_command
+    assert "The hardened lab VM %s is running." % VM in proc.stdout
+    results = tree / ".cache" / "harden-lab"
+    audit = json.loads((results / "audit" / (VM + ".json")).read_text())
+    statuses = dict((c["id"], c["status"]) for c in audit["controls"])
+    assert audit["mode"] == "audit" and audit["gate_failing"] == []
+    assert set(statuses.values()) <= {"pass", "not applicable"}, statuses
+    assert statuses["KVM-HOST-02"] == statuses["KVM-SELINUX-01"] == statuses["SVIRT-01"] == "pass"
+    hardened = json.loads((results / "harden" / (VM + ".json")).read_text())
+    assert hardened["mode"] == "harden"
+    assert {c["id"] for c in hardened["controls"] if c["status"] == "fixed"} >= {"SVIRT-01", "KVM-SELINUX-04"}
+    fleet = json.loads((results / "audit" / "report.json").read_text())
+    moved = dict((c["id"], (c["before"], c["after"])) for c in fleet["changes"]["hosts"][0]["changes"])
+    assert moved["SVIRT-01"] == ("fixed", "pass")
+    for name in ("report.html", "junit.xml"):
+        assert (results / "audit" / name).stat().st_size > 0
 
 
 def test_facts_match_the_host(vm):
@@ -34,32 +96,3 @@ def test_check_mode_reads_the_same(vm):
     checked, dummy = vm.module("kvm_host_info", {}, check=True)
     assert checked["host"]["selinux"] == normal["host"]["selinux"]
     assert checked["changed"] is False
-
-
-def test_audit_writes_report_from_the_catalogue(vm, tmp_path):
-    proc = vm.playbook(ROOT / "playbooks" / "audit-kvm.yml",
-                       extra_vars={"kvmsec_report_dir": str(tmp_path)})
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    report = json.loads((tmp_path / (vm.name + ".json")).read_text())
-    catalogue = yaml.safe_load((ROOT / "playbooks" / "vars" / "controls.yml").read_text())
-    assert [c["id"] for c in report["controls"]] == [c["id"] for c in catalogue["kvmsec_controls"]]
-    status = dict((c["id"], c["status"]) for c in report["controls"])
-    assert status["KVM-HOST-01"] == "pass"
-    assert status["KVM-HOST-02"] == "pass"
-    assert report["evidence"]["selinux"] == "enforcing"
-    markdown = (tmp_path / (vm.name + ".md")).read_text()
-    assert "| KVM-HOST-02 " in markdown and "**pass**" in markdown
-
-
-def test_audit_fails_the_control_when_selinux_is_permissive(vm, tmp_path):
-    vm.ssh("setenforce 0")
-    try:
-        proc = vm.playbook(ROOT / "playbooks" / "audit-kvm.yml",
-                           extra_vars={"kvmsec_report_dir": str(tmp_path)})
-    finally:
-        vm.ssh("setenforce 1")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    report = json.loads((tmp_path / (vm.name + ".json")).read_text())
-    status = dict((c["id"], c["status"]) for c in report["controls"])
-    assert status["KVM-HOST-02"] == "fail"
-    assert report["evidence"]["selinux"] == "permissive"
