@@ -11,6 +11,7 @@ import os
 
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
+from ansible.utils.vars import load_extra_vars
 
 from ansible_collections.kvmsec.hardening.plugins.callback.control_results import RECORDS_ENV
 from ansible_collections.kvmsec.hardening.plugins.plugin_utils import _controls as core
@@ -67,8 +68,13 @@ class ActionModule(ActionBase):
         return result
 
     def _host_var(self, hostvars, host, name, default):
-        value = hostvars[host].get(name, default)
-        return self._templar.template(value)
+        """A host's value as its own tasks would see it: hostvars hold its inventory, facts and
+        extra vars, but not the vars of the play (an importing playbook's vars), which win over
+        the inventory and lose to extra vars."""
+        play_vars = self._task.get_play().vars
+        if name in play_vars and name not in load_extra_vars(self._loader):
+            return self._templar.template(play_vars[name])
+        return self._templar.template(hostvars[host].get(name, default))
 
 
 def collection_version():

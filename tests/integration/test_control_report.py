@@ -182,3 +182,20 @@ def test_comparison_with_an_earlier_report(lab):
     fleet = json.loads((lab / "report" / "report.json").read_text())
     moved = dict((h["host"], h["changes"]) for h in fleet["changes"]["hosts"])
     assert moved["alpha"] == [{"id": "TEST-01", "before": "fail", "after": "pass"}]
+
+
+def test_an_importing_playbooks_vars_win_over_the_inventory_and_lose_to_extra_vars(lab):
+    importer = lab / "importer.yml"
+    importer.write_text(yaml.safe_dump([{"name": "Audit with settings of its own",
+                                         "ansible.builtin.import_playbook": str(lab / "play.yml"),
+                                         "vars": {"kvmsec_audit": True, "kvmsec_fail_severity": "none",
+                                                  "kvmsec_skip_controls": ["TEST-02"]}}]))
+    argv = ["ansible-playbook", "-i", str(inventory(lab, {"kvmsec_fail_severity": "low"})), str(importer),
+            "-e", "@%s" % (lab / "catalogue.yml"), "-e", "kvmsec_report_dir=%s" % (lab / "report")]
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report, beta = results(lab, "beta")
+    assert report["gate_severity"] == "none" and beta["TEST-02"]["status"] == "skipped"
+    proc = subprocess.run(argv + ["-e", "kvmsec_fail_severity=medium"], capture_output=True, text=True,
+                          check=False, timeout=300)
+    assert proc.returncode == 2 and results(lab, "beta")[0]["gate_severity"] == "medium"
