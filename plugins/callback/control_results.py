@@ -13,7 +13,7 @@ description:
     C(SVIRT-02), ...) - changed or not, skipped and why, failed and why - with the task's diff.
   - The last play of C(harden-kvm.yml) and C(audit-kvm.yml) turns these records into one result per
     control and host with M(kvmsec.hardening.control_results) and writes the reports.
-  - The collection's playbooks load it by themselves (a copy of it sits in C(playbooks/callback_plugins),
+  - The collection's playbooks load it by themselves (a loader of it sits in C(playbooks/callback_plugins),
     which Ansible loads next to the playbook), so nothing needs enabling. Playbooks of your own that
     use the roles and the report play enable it with C(callbacks_enabled = kvmsec.hardening.control_results).
   - Records hold no secret a task did not already show, and results of C(no_log) tasks are recorded as
