@@ -57,14 +57,6 @@ ROLE_PLAY = [{"name": "svirt role", "hosts": "kvm_hosts", "become": True, "gathe
               "gather_subset": ["!all"], "roles": [{"role": "kvmsec.hardening.svirt"}]}]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def pipelining():
-    # one SSH round trip per task instead of three: the lab VM is slow enough
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("ANSIBLE_PIPELINING", "true")
-        yield
-
-
 def define_guest(vm, name, disk=None, readonly=False):
     disk = disk or "%s/%s.qcow2" % (IMAGES, name)
     vm.ssh("test -e {d} || qemu-img create -q -f qcow2 {d} 16M".format(d=disk))

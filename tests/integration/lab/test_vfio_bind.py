@@ -29,14 +29,6 @@ RULES = "/etc/udev/rules.d/61-kvmsec-vfio-pci.rules"
 STATE = "/var/lib/kvmsec/vfio_bind.json"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def pipelining():
-    """One SSH exchange per task: under TCG each saved round trip is seconds of test time."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("ANSIBLE_PIPELINING", "true")
-        yield
-
-
 def module_calls(vm, tmp_path, calls):
     """Run vfio_bind calls in one ansible-playbook; returns (results, output).
 
