@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ansible_collections.kvmsec.hardening.plugins.plugin_utils._controls import CONTROL_ID
+
 ROOT = Path(__file__).resolve().parents[2]
 CATALOGUE = yaml.safe_load((ROOT / "playbooks" / "vars" / "controls.yml").read_text())["kvmsec_controls"]
 IDS = [control["id"] for control in CATALOGUE]
@@ -61,7 +63,7 @@ def control_tasks(task_file):
 def test_ids_are_unique_and_well_formed():
     assert len(IDS) == len(set(IDS))
     for cid in IDS:
-        assert re.match(r"^[A-Z][A-Z0-9]*(?:-[A-Z0-9]+)*-[0-9]+$", cid), cid
+        assert CONTROL_ID.match(cid), cid
 
 
 @pytest.mark.parametrize("control", CATALOGUE, ids=IDS)
@@ -97,7 +99,7 @@ def test_no_task_carries_an_unknown_control_id():
     unknown = set()
     for path in ROLE_TASK_FILES:
         for task, tags in tasks_of(load(path)):
-            unknown |= {tag for tag in tags if re.match(r"^[A-Z][A-Z0-9-]*-[0-9]+$", str(tag)) and tag not in IDS}
+            unknown |= {tag for tag in tags if CONTROL_ID.match(str(tag)) and tag not in IDS}
     assert not unknown
 
 
