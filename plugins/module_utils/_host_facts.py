@@ -130,6 +130,26 @@ def gather(root="/"):
     }
 
 
+def service_states(names, run, systemctl):
+    """{name: {"enabled": bool, "active": bool}} of systemd units, or nulls without systemctl.
+
+    ``systemctl show`` prints one block of properties per unit, in the order given.
+    """
+    unknown = dict((name, {"enabled": None, "active": None}) for name in names)
+    if not names or not systemctl:
+        return unknown
+    rc, stdout, _stderr = run([systemctl, "show", "--property=UnitFileState,ActiveState", "--"] + list(names))
+    blocks = stdout.strip("\n").split("\n\n") if rc == 0 else []
+    if len(blocks) != len(names):
+        return unknown
+    states = {}
+    for name, block in zip(names, blocks):
+        values = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+        states[name] = {"enabled": values.get("UnitFileState") == "enabled",
+                        "active": values.get("ActiveState") == "active"}
+    return states
+
+
 def readiness_problems(facts, allow_emulation):
     """Why this host cannot be treated as a KVM host; empty when it can."""
     problems = []

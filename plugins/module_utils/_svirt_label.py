@@ -30,11 +30,14 @@ import errno
 import functools
 import hashlib
 import io
+import json
 import os
+import platform
 import re
 import xml.etree.ElementTree as ET
 
 from ansible_collections.kvmsec.hardening.plugins.module_utils._command import checked
+from ansible_collections.kvmsec.hardening.plugins.module_utils._files import atomic_write, read_text
 
 MODELS = ("selinux", "apparmor")
 TYPES = ("dynamic", "static", "none")
@@ -859,3 +862,31 @@ def summary(evaluation):
     result = {"model": model, "guests": guests, "domains": domains, "collisions": shared,
               "problems": problems}
     return any(guest["changed"] for guest in guests), result, warnings
+
+
+def labels_report(result, host=None):
+    """The labels report's JSON text, from summary()'s result dict."""
+    report = {
+        "host": host or platform.node(),
+        "model": result["model"],
+        "domains": result["domains"],
+        "collisions": result["collisions"],
+        "problems": result["problems"],
+        "restart_required": [guest["name"] for guest in result["guests"] if guest["restart_required"]],
+    }
+    return json.dumps(report, indent=4, sort_keys=True) + "\n"
+
+
+def write_report(path, text):
+    """Write the report when its content differs (root only); True when it was written.
+
+    The report is output, not a setting: writing it is never a change of the host's
+    confinement, and leaving an equal file alone spares a write on every run.
+    """
+    if read_text(path, default="") == text:
+        return False
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        os.makedirs(directory, 0o700)
+    atomic_write(path, text, mode=0o600)
+    return True

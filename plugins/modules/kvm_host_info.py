@@ -32,6 +32,13 @@ options:
       - Meant for labs and CI hosts, not for production hypervisors.
     type: bool
     default: false
+  services:
+    description:
+      - systemd units whose state to read, for example C(libvirtd) - returned in RV(services).
+      - Read with C(systemctl show); on a host without systemctl their states are null.
+    type: list
+    elements: str
+    default: []
 extends_documentation_fragment:
   - kvmsec.hardening.info_module
 """
@@ -91,6 +98,13 @@ host:
     libvirtd_binary:
       description: Path of the libvirt daemon (C(libvirtd) or C(virtqemud)), or null.
       type: str
+services:
+  description:
+    - The units of O(services), by the name given - C(enabled) (the unit file state is
+      C(enabled)) and C(active) (the unit runs); null for both when systemd cannot say.
+  returned: always
+  type: dict
+  sample: {"libvirtd": {"enabled": true, "active": true}}
 problems:
   description: Why the host is not a usable KVM host; empty when it is.
   returned: always
@@ -100,6 +114,7 @@ problems:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kvmsec.hardening.plugins.module_utils import _host_facts
+from ansible_collections.kvmsec.hardening.plugins.module_utils._command import module_runner
 
 
 def main():
@@ -107,6 +122,7 @@ def main():
         argument_spec=dict(
             require_kvm_host=dict(type="bool", default=False),
             allow_emulation=dict(type="bool", default=False),
+            services=dict(type="list", elements="str", default=[]),
         ),
         supports_check_mode=True,
     )
@@ -115,7 +131,9 @@ def main():
     if problems and module.params["require_kvm_host"]:
         module.fail_json(msg="This host cannot run KVM guests: " + "; ".join(problems),
                          host=facts, problems=problems)
-    module.exit_json(changed=False, host=facts, problems=problems)
+    systemctl = module.get_bin_path("systemctl")
+    services = _host_facts.service_states(module.params["services"], module_runner(module), systemctl)
+    module.exit_json(changed=False, host=facts, services=services, problems=problems)
 
 
 if __name__ == "__main__":

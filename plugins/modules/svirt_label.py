@@ -104,6 +104,14 @@ options:
     description: libvirt connection URI.
     type: str
     default: qemu:///system
+  report_path:
+    description:
+      - Write the labels report here - JSON with the host name, the model, RV(domains),
+        RV(collisions), RV(problems) and C(restart_required), the guests whose new label waits
+        for their next start. Mode 0600 in a directory created 0700.
+      - The report is output, not a setting - it is written only when its content differs and
+        never counts as a change; check mode does not write it.
+    type: path
 attributes:
   check_mode:
     support: full
@@ -143,8 +151,9 @@ EXAMPLES = r"""
   ansible.builtin.debug:
     msg: "{{ (svirt_label_result.guests | selectattr('name', 'eq', 'tenant-b-web') | first).label }}"
 
-- name: Only check and report every guest of the host
+- name: Only check and report every guest of the host, keeping the report on the host
   kvmsec.hardening.svirt_label:
+    report_path: /var/lib/kvmsec/svirt-labels.json
   register: svirt_label_report
   failed_when: svirt_label_report.problems | length > 0
 """
@@ -258,6 +267,10 @@ problems:
   returned: always
   type: list
   elements: str
+report_written:
+  description: Whether O(report_path) was written (its content differed).
+  returned: always
+  type: bool
 """
 
 import traceback
@@ -299,6 +312,7 @@ def main():
             allow_unconfined=dict(type="bool", default=False),
             model=dict(type="str", choices=["auto", "selinux", "apparmor"], default="auto"),
             uri=dict(type="str", default="qemu:///system"),
+            report_path=dict(type="path"),
         ),
         supports_check_mode=True,
     )
@@ -316,6 +330,14 @@ def main():
     except (core.SvirtError, CommandError, libvirt.libvirtError, IOError, OSError) as exc:
         module.fail_json(msg="svirt_label: %s" % exc)
     changed, result, warnings = core.summary(evaluation)
+    result["report_written"] = False
+    if module.params["report_path"] and not module.check_mode:
+        try:
+            result["report_written"] = core.write_report(module.params["report_path"],
+                                                         core.labels_report(result))
+        except (IOError, OSError) as exc:
+            module.fail_json(msg="svirt_label: report_path %s: %s" % (module.params["report_path"], exc),
+                             **result)
     for warning in warnings:
         module.warn(warning)
     module.exit_json(changed=changed, diff=core.diff(evaluation.plans), **result)

@@ -3,7 +3,8 @@
 ``lab_vm(name, lsm="selinux", iommu=True)`` boots a VM from a pristine overlay of the cached lab
 image (tests/lab/kvmlab.py; docs/lab.md) and returns a ``LabVM``: run shell commands in it, copy
 files in, run a module or a playbook of this collection against it through Ansible for real,
-reboot it. VMs are stopped when the test module that booted them finishes.
+reboot it. VMs are stopped when the test module that booted them finishes; ``selinux_vm`` is
+one VM that several files share.
 """
 
 import json
@@ -97,21 +98,38 @@ class LabVM:
         self.info = kvmlab.reboot(self.name)
 
 
+def boot_lab_vm(name, lsm="selinux", iommu=True):
+    try:
+        return LabVM(kvmlab.boot(name, lsm, iommu))
+    except kvmlab.LabError as exc:
+        pytest.fail(str(exc))
+
+
 @pytest.fixture(scope="module")
 def lab_vm():
     booted = []
 
     def boot(name, lsm="selinux", iommu=True):
-        try:
-            vm = LabVM(kvmlab.boot(name, lsm, iommu))
-        except kvmlab.LabError as exc:
-            pytest.fail(str(exc))
+        vm = boot_lab_vm(name, lsm, iommu)
         booted.append(name)
         return vm
 
     yield boot
     for name in booted:
         kvmlab.stop(name)
+
+
+@pytest.fixture(scope="session")
+def selinux_vm():
+    """One SELinux-enforcing VM without an IOMMU, shared by the lab files that run in this order:
+    test_selinux_lab (policy modules, the selinux role), test_svirt_lab (labels, isolation) and
+    the IOMMU-off refusal of test_vfio_bind, which stops it (one lab VM at a time). A boot costs
+    about a minute of the CI budget; each file leaves the host enforcing, with its policy modules
+    and guests, and none needs a pristine one. Run alone, a file boots it itself.
+    """
+    vm = boot_lab_vm("lab-selinux", iommu=False)
+    yield vm
+    kvmlab.stop(vm.name)
 
 
 @pytest.fixture(scope="module")

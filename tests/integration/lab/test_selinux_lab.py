@@ -1,8 +1,9 @@
 """selinux_module and the selinux role on the real SELinux-enforcing lab host.
 
-One VM for the whole file, and the tests run in file order building on each other: a policy
-transaction costs 30-60 s in the emulated host, so each test does one transaction's worth of
-work and the next test starts from where it left off. Proof comes from the VM itself:
+One VM for the whole file (conftest's selinux_vm, which test_svirt_lab goes on using), and the
+tests run in file order building on each other: a policy transaction costs 30-60 s in the
+emulated host, so each test does one transaction's worth of work and the next test starts from
+where it left off. Proof comes from the VM itself:
 ``semodule --list-modules=full --checksum`` for what is installed, and the policy store's
 commit counter (``/var/lib/selinux/default/active/commit_num``, which libsemanage increments
 once per committed transaction) together with the modification time of ``policy.kern`` for how
@@ -59,8 +60,8 @@ SHAS = {}
 
 
 @pytest.fixture(scope="module")
-def vm(lab_vm):
-    machine = lab_vm("sel-module")
+def vm(selinux_vm):
+    machine = selinux_vm
     machine.put(TB_CIL, SRC + "/kvmsec_tb.cil")
     machine.put(TC_TE, SRC + "/kvmsec_tc.te")
     machine.put(GUEST_XML, SRC + "/guest.xml")
@@ -68,7 +69,9 @@ def vm(lab_vm):
     machine.ssh("cd %s && checkmodule -M -m -o kvmsec_tc.mod kvmsec_tc.te && "
                 "semodule_package -o kvmsec_tc.pp -m kvmsec_tc.mod" % SRC)
     machine.ssh("virsh define %s/guest.xml" % SRC)
-    return machine
+    yield machine
+    # test_svirt_lab goes on with this VM and counts every domain it has
+    machine.ssh("virsh undefine %s" % GUEST)
 
 
 def store_state(vm):

@@ -1,8 +1,8 @@
 """sVirt on real lab hosts: the svirt role, svirt_label, and the isolation they give.
 
-SELinux part, one enforcing VM: the local policy module the selinux role ships
-(roles/selinux/files/modules/kvmsec_libvirt.te, docs/lab.md) is installed in one transaction
-and virt_use_execmem turned on (TCG only), then tiny TCG guests with 16 MiB qcow2 disks are
+One enforcing VM, shared with test_selinux_lab (conftest's selinux_vm): it has the local policy
+module the selinux role ships (roles/selinux/files/modules/kvmsec_libvirt.te, docs/lab.md),
+virt_use_execmem is turned on (TCG only), then tiny TCG guests with 16 MiB qcow2 disks are
 started paused: QEMU opens its disks and gets its label at start, which is all these tests need.
 
 The isolation proof: a root shell is unconfined_t, and Debian's policy does not let
@@ -13,25 +13,20 @@ that libvirt starts with exactly those static labels (relabel=no, so the file ke
 and the kernel's verdict is read from the audit log. Then guest A's running QEMU process is
 asked to open guest B's image.
 
-AppArmor part: the SELinux VM is stopped first (one lab VM at a time), an AppArmor VM boots,
-and a guest is confined by its libvirt-generated profile in enforce mode.
+The AppArmor twin - a guest confined by its libvirt profile in enforce mode, a profile put in
+complain mode by hand switched back, an unconfined guest refused - runs in the verify of the
+Molecule apparmor scenario, on the VM that scenario already has up.
 """
 
 import json
 import re
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(ROOT / "tests" / "lab"))
 
-import kvmlab  # noqa: E402  pylint: disable=wrong-import-position
-
-SELINUX_VM = "svirt-sel"
-APPARMOR_VM = "svirt-aa"
 IMAGES = "/var/lib/libvirt/images"
 POLICY = ROOT / "roles" / "selinux" / "files" / "modules" / "kvmsec_libvirt.te"
 
@@ -126,13 +121,16 @@ def ok(result, output):
 # ====================================================================== SELinux
 
 @pytest.fixture(scope="module")
-def sel(lab_vm):
-    vm = lab_vm(SELINUX_VM, iommu=False)
-    vm.put(POLICY.read_text(), "/root/policy/kvmsec_libvirt.te")
-    # the selinux role's module, installed by hand here: one policy transaction (~35-70 s)
-    vm.ssh("cd /root/policy && checkmodule -M -m -o kvmsec_libvirt.mod kvmsec_libvirt.te"
-           " && semodule_package -o kvmsec_libvirt.pp -m kvmsec_libvirt.mod"
-           " && semodule -X 400 -i kvmsec_libvirt.pp && setsebool virt_use_execmem on")
+def sel(selinux_vm):
+    vm = selinux_vm
+    # the selinux role's module: test_selinux_lab's role run installed it on this shared VM; run
+    # alone, this file installs it by hand (one policy transaction, ~35-70 s)
+    if not re.search(r"(?m)^400 kvmsec_libvirt ", vm.ssh("semodule --list-modules=full").stdout):
+        vm.put(POLICY.read_text(), "/root/policy/kvmsec_libvirt.te")
+        vm.ssh("cd /root/policy && checkmodule -M -m -o kvmsec_libvirt.mod kvmsec_libvirt.te"
+               " && semodule_package -o kvmsec_libvirt.pp -m kvmsec_libvirt.mod"
+               " && semodule -X 400 -i kvmsec_libvirt.pp")
+    vm.ssh("setsebool virt_use_execmem on")
     for name in ("sv-a", "sv-b", "sv-c"):
         define_guest(vm, name)
     return vm
@@ -303,43 +301,3 @@ def test_guest_a_cannot_open_guest_b_image(sel):
     assert re.search(r"denied +\{ read \} for +pid=%s .*name=\"sv-b.qcow2\" .*scontext=%s tcontext=%s"
                      % (pid, re.escape(a_label), re.escape(b_label)), avc_denials(sel, mark))
     assert file_label(sel, b_image) == b_label
-
-
-# ====================================================================== AppArmor
-
-@pytest.fixture(scope="module")
-def aa(lab_vm):
-    # one lab VM at a time: the SELinux VM is done when this fixture is first used
-    kvmlab.stop(SELINUX_VM)
-    vm = lab_vm(APPARMOR_VM, lsm="apparmor", iommu=False)
-    define_guest(vm, "sv-aa")
-    return vm
-
-
-def test_apparmor_guest_is_confined_by_its_profile_in_enforce_mode(aa):
-    start(aa, "sv-aa")
-    uuid = aa.ssh("virsh domuuid sv-aa").stdout.strip()
-    profile = "libvirt-" + uuid
-    assert process_label(aa, "sv-aa") == "%s (enforce)" % profile
-    assert '"%s/sv-aa.qcow2" rwk,' % IMAGES in aa.ssh("cat /etc/apparmor.d/libvirt/%s.files" % profile).stdout
-    # the role picks the AppArmor driver itself and checks the running guest (it fails on problems)
-    output = run_role(aa, {"svirt_guest_labels": [{"name": "sv-aa"}]}, diff=True)
-    assert recap_changed(output) > 0
-    assert '+security_driver = "apparmor"' in output
-    report = json.loads(aa.ssh("cat /var/lib/kvmsec/svirt-labels.json").stdout)
-    assert report["model"] == "apparmor" and report["problems"] == []
-    assert report["domains"][0]["process_label"] == "%s (enforce)" % profile
-    assert report["domains"][0]["images"][0]["status"] == "ok"
-
-    # a profile switched to complain mode by hand is put back into enforce mode
-    aa.ssh("apparmor_parser -r -C /etc/apparmor.d/libvirt/%s" % profile)
-    assert process_label(aa, "sv-aa") == "%s (complain)" % profile
-    fixed, output = aa.module("svirt_label", {"guests": [{"name": "sv-aa"}]})
-    assert ok(fixed, output)["changed"] and fixed["guests"][0]["profile_enforced"].endswith(profile)
-    assert process_label(aa, "sv-aa") == "%s (enforce)" % profile
-    again, output = aa.module("svirt_label", {"guests": [{"name": "sv-aa"}]})
-    assert ok(again, output)["changed"] is False and again["problems"] == []
-
-
-def test_apparmor_refuses_unconfined_guests_at_start(aa):
-    assert_unconfined_guest_refused(aa, "sv-aa-none", "apparmor")

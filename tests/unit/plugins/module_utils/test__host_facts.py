@@ -1,6 +1,8 @@
 """The host-facts readers against fake /proc and /sys trees shaped like real captures."""
 
 import os
+import shutil
+import subprocess
 
 import pytest
 
@@ -98,3 +100,39 @@ def test_gather_on_this_machine_is_consistent():
     assert facts["kvm_device"] == os.path.exists("/dev/kvm")
     assert facts["cgroup_version"] in (1, 2)
     assert facts["kernel_cmdline"] == open("/proc/cmdline").read().split()
+
+
+# captured on the lab host (Debian 12, systemd 252): libvirtd runs, nosuch does not exist, and
+# virtlogd is socket-activated
+SYSTEMCTL_SHOW = ("ActiveState=active\nUnitFileState=enabled\n\n"
+                  "ActiveState=inactive\nUnitFileState=\n\n"
+                  "ActiveState=inactive\nUnitFileState=indirect\n")
+
+
+def test_service_states_from_systemctl_show():
+    calls = []
+
+    def run(argv):
+        calls.append(argv)
+        return 0, SYSTEMCTL_SHOW, ""
+
+    states = _host_facts.service_states(["libvirtd", "nosuch", "virtlogd"], run, "/usr/bin/systemctl")
+    assert calls == [["/usr/bin/systemctl", "show", "--property=UnitFileState,ActiveState", "--",
+                      "libvirtd", "nosuch", "virtlogd"]]
+    assert states == {"libvirtd": {"enabled": True, "active": True},
+                      "nosuch": {"enabled": False, "active": False},
+                      "virtlogd": {"enabled": False, "active": False}}
+
+
+def test_service_states_are_unknown_where_systemd_cannot_say():
+    def real(argv):
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+        return proc.returncode, proc.stdout, proc.stderr
+
+    unknown = {"libvirtd": {"enabled": None, "active": None}}
+    # this development machine has systemctl but no systemd as PID 1: systemctl show fails
+    systemctl = shutil.which("systemctl")
+    if systemctl and not os.path.isdir("/run/systemd/system"):
+        assert _host_facts.service_states(["libvirtd"], real, systemctl) == unknown
+    assert _host_facts.service_states(["libvirtd"], real, None) == unknown
+    assert _host_facts.service_states([], real, systemctl) == {}

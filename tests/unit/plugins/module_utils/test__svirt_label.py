@@ -9,6 +9,7 @@ Image labels are real ``security.selinux`` extended attributes on tmp files (roo
 without SELinux in the kernel). The lab tier runs the same code against a real host.
 """
 
+import json
 import os
 from pathlib import Path
 
@@ -525,6 +526,26 @@ def test_evaluate_and_summary_report_every_domain(host):
     assert len(conn.defined) == 1
     diff = core.diff(evaluation.plans)
     assert diff["before"] == "# b\n\n" and result["guests"][0]["label"] in diff["after"]
+
+
+def test_the_labels_report_is_written_only_when_it_differs(host, tmp_path):
+    items = [running_on(host, domain("a", 1, DYNAMIC, running="c7,c860")), domain("b", 2)]
+    evaluation = core.evaluate(FakeConn(items), FakeLibvirt, {"guests": [{"name": "b", "type": "static"}]}, host)
+    _changed, result, _warnings = core.summary(evaluation)
+    text = core.labels_report(result, host="kvm01")
+    report = json.loads(text)
+    assert report["host"] == "kvm01" and report["model"] == "selinux"
+    assert [d["name"] for d in report["domains"]] == ["a", "b"]
+    assert report["restart_required"] == [] and report["problems"] == []
+    path = tmp_path / "kvmsec" / "svirt-labels.json"
+    assert core.write_report(str(path), text) is True
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    assert oct(path.parent.stat().st_mode & 0o777) == "0o700"
+    mtime = path.stat().st_mtime_ns
+    assert core.write_report(str(path), text) is False
+    assert path.stat().st_mtime_ns == mtime and path.read_text() == text
+    assert core.write_report(str(path), text.replace("kvm01", "kvm02")) is True
+    assert json.loads(path.read_text())["host"] == "kvm02"
 
 
 # the security models of this development machine's libvirt 9.0 (virsh capabilities)
