@@ -11,12 +11,29 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import gzip
 import os
+import re
 
 HW_VIRT_FLAGS = {"vmx": "intel", "svm": "amd"}
 SECURITY_FLAGS = ("smep", "smap", "umip", "pku", "md_clear", "ssbd", "ibrs", "ibpb", "stibp")
 QEMU_BINARIES = ("usr/bin/qemu-system-x86_64", "usr/libexec/qemu-kvm", "usr/bin/qemu-kvm")
 LIBVIRTD_BINARIES = ("usr/sbin/libvirtd", "usr/sbin/virtqemud")
+# the kernel configuration options the kernel controls look at (docs/kernel.md); the rest of the
+# file (thousands of lines) says nothing about the host's hardening
+KERNEL_CONFIG_OPTIONS = (
+    "CONFIG_KVM", "CONFIG_KVM_INTEL", "CONFIG_KVM_AMD", "CONFIG_VFIO", "CONFIG_VFIO_PCI",
+    "CONFIG_SECURITY", "CONFIG_SECURITY_SELINUX", "CONFIG_SECURITY_APPARMOR",
+    "CONFIG_SECURITY_YAMA", "CONFIG_SECURITY_LOCKDOWN_LSM", "CONFIG_STRICT_KERNEL_RWX",
+    "CONFIG_STRICT_MODULE_RWX", "CONFIG_RANDOMIZE_BASE", "CONFIG_VMAP_STACK",
+    "CONFIG_HARDENED_USERCOPY", "CONFIG_PAGE_TABLE_ISOLATION", "CONFIG_MITIGATION_PAGE_TABLE_ISOLATION",
+    "CONFIG_RETPOLINE", "CONFIG_MITIGATION_RETPOLINE", "CONFIG_MODULE_SIG", "CONFIG_SECCOMP",
+    "CONFIG_BPF_JIT_ALWAYS_ON", "CONFIG_DEVMEM", "CONFIG_STRICT_DEVMEM", "CONFIG_IO_STRICT_DEVMEM",
+    "CONFIG_INTEL_IOMMU", "CONFIG_AMD_IOMMU", "CONFIG_IOMMU_DEFAULT_DMA_STRICT",
+)
+KERNEL_CONFIG_LINE = re.compile(r"^(CONFIG_[A-Z0-9_]+)=(.*)$|^# (CONFIG_[A-Z0-9_]+) is not set$")
+EFI_SECURE_BOOT = "sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-e0a9d3e4f8ff"
+NESTED_MODULES = ("kvm_intel", "kvm_amd")
 
 
 def _path(root, relative):
@@ -50,6 +67,7 @@ def cpu_info(root="/"):
         "model": model,
         "hw_virtualization": [HW_VIRT_FLAGS[flag] for flag in virt],
         "security_flags": sorted(flag for flag in SECURITY_FLAGS if flag in flags),
+        "flags": sorted(flags),
     }
 
 
@@ -104,6 +122,76 @@ def vulnerabilities(root="/"):
     return dict((name, _read(root, relative + name).strip()) for name in names)
 
 
+def parse_kernel_config(text, options=KERNEL_CONFIG_OPTIONS):
+    """{option: value} for the options asked for: y, m, a string or number, or n when the
+    file says it is not set; options the file does not mention are left out (the kernel
+    predates them or the architecture lacks them)."""
+    values = {}
+    for line in text.splitlines():
+        match = KERNEL_CONFIG_LINE.match(line.strip())
+        if not match:
+            continue
+        name = match.group(1) or match.group(3)
+        if name in options:
+            values[name] = match.group(2).strip('"') if match.group(1) else "n"
+    return values
+
+
+def kernel_config(root="/"):
+    """(path, options) of the running kernel's configuration, or (None, {}) when none is readable."""
+    release = _read(root, "proc/sys/kernel/osrelease").strip()
+    candidates = ["boot/config-%s" % release] if release else []
+    for relative in candidates:
+        text = _read(root, relative, default=None)
+        if text is not None:
+            return "/" + relative, parse_kernel_config(text)
+    try:
+        with gzip.open(_path(root, "proc/config.gz"), "rt") as handle:
+            return "/proc/config.gz", parse_kernel_config(handle.read())
+    except (IOError, OSError, EOFError):
+        return None, {}
+
+
+def secure_boot(root="/"):
+    """True or False on a UEFI host (the SecureBoot variable's data byte); None without UEFI, or
+    when the variables cannot be read (efivarfs not mounted)."""
+    variables = _path(root, "sys/firmware/efi/efivars")
+    try:
+        if not os.listdir(variables):
+            return None
+    except OSError:
+        return None
+    try:
+        with open(_path(root, EFI_SECURE_BOOT), "rb") as handle:
+            data = handle.read()
+    except (IOError, OSError):
+        # firmware without Secure Boot support has no such variable
+        return False
+    # efivarfs files start with the variable's 4 attribute bytes
+    return len(data) >= 5 and data[4] == 1
+
+
+def lockdown_mode(root="/"):
+    """none, integrity or confidentiality (the bracketed word), None without the lockdown LSM."""
+    match = re.search(r"\[(\w+)\]", _read(root, "sys/kernel/security/lockdown"))
+    return match.group(1) if match else None
+
+
+def _yes(text):
+    text = text.strip()
+    return None if not text else text in ("Y", "1")
+
+
+def nested_virtualization(root="/"):
+    """{module: True/False} of the loaded KVM modules' nested parameter."""
+    found = {}
+    for module in NESTED_MODULES:
+        value = _yes(_read(root, "sys/module/%s/parameters/nested" % module))
+        if value is not None:
+            found[module] = value
+    return found
+
+
 def first_existing(root, candidates):
     for candidate in candidates:
         if os.path.exists(_path(root, candidate)):
@@ -115,6 +203,7 @@ def gather(root="/"):
     cpu = cpu_info(root)
     lsms = active_lsms(root)
     cmdline = kernel_cmdline(root)
+    config_path, config = kernel_config(root)
     return {
         "cpu": cpu,
         "kvm_device": os.path.exists(_path(root, "dev/kvm")),
@@ -127,6 +216,14 @@ def gather(root="/"):
         "vulnerabilities": vulnerabilities(root),
         "qemu_binary": first_existing(root, QEMU_BINARIES),
         "libvirtd_binary": first_existing(root, LIBVIRTD_BINARIES),
+        "kernel_release": _read(root, "proc/sys/kernel/osrelease").strip(),
+        "kernel_config_path": config_path,
+        "kernel_config": config,
+        "uefi": os.path.isdir(_path(root, "sys/firmware/efi")),
+        "secure_boot": secure_boot(root),
+        "lockdown": lockdown_mode(root),
+        "module_sig_enforce": _yes(_read(root, "sys/module/module/parameters/sig_enforce")),
+        "nested": nested_virtualization(root),
     }
 
 

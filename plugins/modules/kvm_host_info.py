@@ -16,7 +16,9 @@ description:
   - Reads, from C(/proc) and C(/sys), what later hardening roles need to know about a
     virtualization host - CPU vendor and virtualization flags, C(/dev/kvm), the active Linux
     security modules and the SELinux mode, the cgroup version, IOMMU groups, CPU vulnerability
-    mitigation state, and where QEMU and the libvirt daemon are installed.
+    mitigation state, where QEMU and the libvirt daemon are installed, the kernel's release and
+    security-relevant configuration options, UEFI Secure Boot, kernel lockdown, module signature
+    enforcement and nested virtualization.
   - Optionally fails with the reasons when the host cannot run KVM guests.
   - Changes nothing on the host.
 author: kvmsec.hardening developers (@kvmsec)
@@ -61,7 +63,9 @@ host:
   type: dict
   contains:
     cpu:
-      description: CPU vendor (C(intel), C(amd)), model, hardware virtualization and security flags.
+      description:
+        - CPU vendor (C(intel), C(amd)), model, hardware virtualization, the security-relevant
+          flags (C(security_flags)) and all flags of C(/proc/cpuinfo) (C(flags)).
       type: dict
       sample: {"vendor": "intel", "model": "Intel Xeon", "hw_virtualization": ["intel"],
                "security_flags": ["smap", "smep", "umip"]}
@@ -98,6 +102,36 @@ host:
     libvirtd_binary:
       description: Path of the libvirt daemon (C(libvirtd) or C(virtqemud)), or null.
       type: str
+    kernel_release:
+      description: The running kernel's release (C(uname -r)).
+      type: str
+    kernel_config_path:
+      description:
+        - Where the running kernel's configuration was read - C(/boot/config-RELEASE), else
+          C(/proc/config.gz); null when neither is readable.
+      type: str
+    kernel_config:
+      description:
+        - The configuration options the kernel controls read (docs/kernel.md) - C(y), C(m), a
+          value, or C(n) for "is not set"; options the file does not mention are left out.
+      type: dict
+      sample: {"CONFIG_KVM": "m", "CONFIG_STRICT_KERNEL_RWX": "y", "CONFIG_KVM_AMD": "n"}
+    uefi:
+      description: Whether the host booted through UEFI (C(/sys/firmware/efi) exists).
+      type: bool
+    secure_boot:
+      description: Whether UEFI Secure Boot is on; null on a host that did not boot through UEFI.
+      type: bool
+    lockdown:
+      description: The kernel lockdown mode - C(none), C(integrity) or C(confidentiality); null without the lockdown LSM.
+      type: str
+    module_sig_enforce:
+      description: Whether the kernel refuses unsigned modules (C(module.sig_enforce)); null when it cannot say.
+      type: bool
+    nested:
+      description: The nested virtualization parameter of the loaded KVM modules, by module.
+      type: dict
+      sample: {"kvm_intel": false}
 services:
   description:
     - The units of O(services), by the name given - C(enabled) (the unit file state is

@@ -1,5 +1,6 @@
 """The host-facts readers against fake /proc and /sys trees shaped like real captures."""
 
+import gzip
 import os
 import shutil
 import subprocess
@@ -52,6 +53,7 @@ def test_gather_reads_a_hardware_kvm_host(kvm_host):
         "model": "Intel(R) Xeon(R) Gold 6230 CPU @ 2.10GHz",
         "hw_virtualization": ["intel"],
         "security_flags": ["ibpb", "ibrs", "md_clear", "smap", "smep", "ssbd", "stibp", "umip"],
+        "flags": sorted(INTEL_CPUINFO.split("flags\t\t: ")[1].split()),
     }
     assert facts["selinux"] == "enforcing"
     assert facts["apparmor"] is False
@@ -136,3 +138,86 @@ def test_service_states_are_unknown_where_systemd_cannot_say():
         assert _host_facts.service_states(["libvirtd"], real, systemctl) == unknown
     assert _host_facts.service_states(["libvirtd"], real, None) == unknown
     assert _host_facts.service_states([], real, systemctl) == {}
+
+
+# the shape of Debian 12's /boot/config-6.1.0-*-amd64
+DEBIAN_CONFIG = """#
+# Automatically generated file; DO NOT EDIT.
+CONFIG_KVM=m
+CONFIG_KVM_INTEL=m
+# CONFIG_KVM_AMD is not set
+CONFIG_SECURITY_SELINUX=y
+CONFIG_LSM="landlock,lockdown,yama,loadpin,safesetid,integrity,apparmor,selinux,smack,tomoyo,bpf"
+CONFIG_STRICT_KERNEL_RWX=y
+CONFIG_RETPOLINE=y
+CONFIG_UNRELATED=y
+"""
+
+
+def test_kernel_config_keeps_the_options_the_controls_read():
+    values = _host_facts.parse_kernel_config(DEBIAN_CONFIG)
+    assert values == {"CONFIG_KVM": "m", "CONFIG_KVM_INTEL": "m", "CONFIG_KVM_AMD": "n",
+                      "CONFIG_SECURITY_SELINUX": "y", "CONFIG_STRICT_KERNEL_RWX": "y",
+                      "CONFIG_RETPOLINE": "y"}
+    assert _host_facts.parse_kernel_config('CONFIG_LSM="a,b"\n', options=("CONFIG_LSM",)) == {"CONFIG_LSM": "a,b"}
+
+
+def test_kernel_config_of_the_running_release_from_boot(tmp_path):
+    root = make_tree(tmp_path, {"proc/sys/kernel/osrelease": "6.1.0-28-amd64\n",
+                                "boot/config-6.1.0-28-amd64": DEBIAN_CONFIG,
+                                "boot/config-6.1.0-27-amd64": "CONFIG_KVM=y\n"})
+    path, values = _host_facts.kernel_config(root)
+    assert path == "/boot/config-6.1.0-28-amd64" and values["CONFIG_KVM"] == "m"
+    facts = _host_facts.gather(root)
+    assert facts["kernel_release"] == "6.1.0-28-amd64" and facts["kernel_config"] == values
+
+
+def test_kernel_config_of_this_machine_from_proc_config_gz():
+    if not os.path.exists("/proc/config.gz"):
+        pytest.skip("this kernel does not offer /proc/config.gz")
+    path, values = _host_facts.kernel_config("/")
+    release = os.uname().release
+    if path != "/proc/config.gz":
+        assert path == "/boot/config-" + release
+    with gzip.open("/proc/config.gz", "rt") as handle:
+        text = handle.read()
+    assert ("CONFIG_SECCOMP=%s" % values["CONFIG_SECCOMP"]) in text.splitlines()
+
+
+def test_without_a_readable_config_the_controls_see_none(tmp_path):
+    root = make_tree(tmp_path, {"proc/sys/kernel/osrelease": "6.1.0-28-amd64\n"})
+    assert _host_facts.kernel_config(root) == (None, {})
+
+
+def efivar(value):
+    # efivarfs: 4 bytes of attributes, then the variable's data
+    return b"\x06\x00\x00\x00" + bytes([value])
+
+
+@pytest.mark.parametrize("files, expected", [
+    ({}, None),                                            # BIOS boot, as the lab VM
+    ({"sys/firmware/efi/.keep": b""}, None),               # UEFI, efivarfs not mounted
+    ({"sys/firmware/efi/efivars/Boot0000-8be4df61-93ca-11d2-aa0d-e0a9d3e4f8ff": b""}, False),  # no such variable
+    ({_host_facts.EFI_SECURE_BOOT: efivar(0)}, False),
+    ({_host_facts.EFI_SECURE_BOOT: efivar(1)}, True),
+])
+def test_secure_boot_from_the_efi_variable(tmp_path, files, expected):
+    for relative, data in files.items():
+        path = tmp_path / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    assert _host_facts.secure_boot(str(tmp_path)) is expected
+
+
+def test_lockdown_signature_enforcement_and_nested_virtualization(tmp_path):
+    root = make_tree(tmp_path, {
+        "sys/kernel/security/lockdown": "none [integrity] confidentiality\n",
+        "sys/module/module/parameters/sig_enforce": "Y\n",
+        "sys/module/kvm_intel/parameters/nested": "Y\n",
+    })
+    facts = _host_facts.gather(root)
+    assert facts["lockdown"] == "integrity" and facts["module_sig_enforce"] is True
+    assert facts["nested"] == {"kvm_intel": True}
+    assert facts["uefi"] is False and facts["secure_boot"] is None
+    bare = _host_facts.gather(make_tree(tmp_path / "bare", {}))
+    assert bare["lockdown"] is None and bare["module_sig_enforce"] is None and bare["nested"] == {}
