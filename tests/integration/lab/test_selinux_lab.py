@@ -225,24 +225,44 @@ def getenforce(vm):
     return vm.ssh("getenforce").stdout.strip()
 
 
-def test_role_makes_libvirt_start_guests_under_enforcing(vm):
-    vm.ssh("mkdir -p /srv/kvmsec-images && touch /srv/kvmsec-images/disk.qcow2")
+def changed_count(proc, vm):
+    recap = [line for line in proc.stdout.splitlines() if line.startswith(vm.name)][-1]
+    return int(recap.split("changed=")[1].split()[0])
+
+
+def test_role_check_mode_predicts_the_run_that_makes_libvirt_start_guests(vm):
+    # a permissive host with the lab's own modules and two new image directories: check mode must
+    # show every change (setenforce, module removals and the role's module, booleans, semanage
+    # import, restorecon), touch nothing, and match the real run. One check and one real run, each
+    # a minute or more here; the role's second-run idempotence is Molecule's idempotence step.
+    vm.ssh("setenforce 0 && mkdir -p /srv/kvmsec-images /srv/kvmsec-more"
+           " && touch /srv/kvmsec-images/disk.qcow2 /srv/kvmsec-more/disk.qcow2")
     extra = {
-        "selinux_image_dirs": [{"path": "/srv/kvmsec-images"}],
+        "selinux_image_dirs": [{"path": "/srv/kvmsec-images"}, {"path": "/srv/kvmsec-more"}],
         # the lab's own modules go, so only the role's module lets the guest start
         "selinux_local_modules": [{"name": name, "state": "absent"}
                                   for name in ("kvmsec_avc", "kvmsec_ta", "kvmsec_tb")],
     }
     playbook = ROOT / "tests" / "integration" / "lab" / "selinux-role.yml"
-    proc = vm.playbook(playbook, extra_vars=extra)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "skipped: staff_use_svirt" in proc.stdout          # Debian's policy lacks it
+    before = store_state(vm)
+    checked = vm.playbook(playbook, extra_vars=extra, check=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert getenforce(vm) == "Permissive"
+    assert store_state(vm) == before
+    assert "kvmsec-more" not in vm.ssh("semanage fcontext --list --locallist").stdout
+    assert ":virt_image_t:" not in vm.ssh("ls -Z /srv/kvmsec-more/disk.qcow2").stdout
+
+    real = vm.playbook(playbook, extra_vars=extra)
+    assert real.returncode == 0, real.stdout + real.stderr
+    assert changed_count(checked, vm) == changed_count(real, vm) > 0, checked.stdout
+    assert "skipped: staff_use_svirt" in real.stdout          # Debian's policy lacks it
     assert getenforce(vm) == "Enforcing"
     assert "SELINUX=enforcing" in vm.ssh("grep ^SELINUX= /etc/selinux/config").stdout
     assert set(listed(vm)) == {"kvmsec_libvirt"}
     assert vm.ssh("getsebool virt_use_execmem virt_use_nfs").stdout.split("\n")[:2] == [
         "virt_use_execmem --> on", "virt_use_nfs --> off"]
-    assert ":virt_image_t:" in vm.ssh("ls -Z /srv/kvmsec-images/disk.qcow2").stdout
+    for directory in ("kvmsec-images", "kvmsec-more"):
+        assert ":virt_image_t:" in vm.ssh("ls -Z /srv/%s/disk.qcow2" % directory).stdout
 
     vm.ssh("virsh start %s" % GUEST)
     try:
@@ -250,36 +270,6 @@ def test_role_makes_libvirt_start_guests_under_enforcing(vm):
         assert "system_u:system_r:svirt_t:s0:c" in label
     finally:
         vm.ssh("virsh destroy %s" % GUEST)
-
-    before = store_state(vm)
-    again = vm.playbook(playbook, extra_vars=extra)
-    assert again.returncode == 0, again.stdout + again.stderr
-    assert changed_count(again, vm) == 0 and "failed=0" in again.stdout, again.stdout
-    assert store_state(vm) == before
-
-
-def changed_count(proc, vm):
-    recap = [line for line in proc.stdout.splitlines() if line.startswith(vm.name)][-1]
-    return int(recap.split("changed=")[1].split()[0])
-
-
-def test_role_check_mode_predicts_mode_and_file_context_changes(vm):
-    # permissive at runtime and a new image directory: the command tasks (setenforce, semanage
-    # import, restorecon) must show up as changes in check mode, touch nothing, and match the run
-    vm.ssh("setenforce 0 && mkdir -p /srv/kvmsec-more && touch /srv/kvmsec-more/disk.qcow2")
-    extra = {"selinux_image_dirs": [{"path": "/srv/kvmsec-images"}, {"path": "/srv/kvmsec-more"}]}
-    playbook = ROOT / "tests" / "integration" / "lab" / "selinux-role.yml"
-    checked = vm.playbook(playbook, extra_vars=extra, check=True)
-    assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert getenforce(vm) == "Permissive"
-    assert "kvmsec-more" not in vm.ssh("semanage fcontext --list --locallist").stdout
-    assert ":virt_image_t:" not in vm.ssh("ls -Z /srv/kvmsec-more/disk.qcow2").stdout
-
-    real = vm.playbook(playbook, extra_vars=extra)
-    assert real.returncode == 0, real.stdout + real.stderr
-    assert getenforce(vm) == "Enforcing"
-    assert ":virt_image_t:" in vm.ssh("ls -Z /srv/kvmsec-more/disk.qcow2").stdout
-    assert changed_count(checked, vm) == changed_count(real, vm) == 3, checked.stdout
 
 
 def test_state_dir_keeps_every_version_with_its_history(vm):
