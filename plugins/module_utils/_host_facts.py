@@ -137,14 +137,16 @@ def parse_kernel_config(text, options=KERNEL_CONFIG_OPTIONS):
     return values
 
 
-def kernel_config(root="/"):
+def kernel_release(root="/"):
+    return _read(root, "proc/sys/kernel/osrelease").strip()
+
+
+def kernel_config(root="/", release=None):
     """(path, options) of the running kernel's configuration, or (None, {}) when none is readable."""
-    release = _read(root, "proc/sys/kernel/osrelease").strip()
-    candidates = ["boot/config-%s" % release] if release else []
-    for relative in candidates:
-        text = _read(root, relative, default=None)
-        if text is not None:
-            return "/" + relative, parse_kernel_config(text)
+    release = kernel_release(root) if release is None else release
+    text = _read(root, "boot/config-%s" % release, default=None) if release else None
+    if text is not None:
+        return "/boot/config-%s" % release, parse_kernel_config(text)
     try:
         with gzip.open(_path(root, "proc/config.gz"), "rt") as handle:
             return "/proc/config.gz", parse_kernel_config(handle.read())
@@ -203,7 +205,8 @@ def gather(root="/"):
     cpu = cpu_info(root)
     lsms = active_lsms(root)
     cmdline = kernel_cmdline(root)
-    config_path, config = kernel_config(root)
+    release = kernel_release(root)
+    config_path, config = kernel_config(root, release)
     return {
         "cpu": cpu,
         "kvm_device": os.path.exists(_path(root, "dev/kvm")),
@@ -216,7 +219,7 @@ def gather(root="/"):
         "vulnerabilities": vulnerabilities(root),
         "qemu_binary": first_existing(root, QEMU_BINARIES),
         "libvirtd_binary": first_existing(root, LIBVIRTD_BINARIES),
-        "kernel_release": _read(root, "proc/sys/kernel/osrelease").strip(),
+        "kernel_release": release,
         "kernel_config_path": config_path,
         "kernel_config": config,
         "uefi": os.path.isdir(_path(root, "sys/firmware/efi")),
