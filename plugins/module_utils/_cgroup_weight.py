@@ -16,7 +16,7 @@ Two kinds of target:
 
 * a libvirt domain: values go through libvirt (``setBlkioParameters`` /
   ``setSchedulerParametersFlags``) so the domain XML stays the source of truth; the caller
-  passes an open connection and the ``libvirt`` module (this file imports neither);
+  passes an open ``_libvirt.Connection`` (this file imports neither libvirt nor Ansible);
 * a QEMU process libvirt does not manage (found by its ``-name`` or pid): placed into a named
   cgroup by writing cgroupfs directly.
 
@@ -50,7 +50,6 @@ V2_THROTTLE_KEYS = {
     "read_iops_sec": "riops",
     "write_iops_sec": "wiops",
 }
-UUID_RE = re.compile(r"^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$", re.I)
 LIBVIRT_PID_DIR = "/run/libvirt/qemu"
 SYSTEMD_DIR = "/run/systemd/system"
 
@@ -404,27 +403,16 @@ class DomainTarget(object):
 
     target = "domain"
 
-    def __init__(self, conn, libvirt, guest, host, scope):
-        self.libvirt = libvirt
+    def __init__(self, conn, guest, host, scope):
+        self.libvirt = conn.libvirt
         self.host = host
         self.spec = guest
-        self.dom = self._lookup(conn, guest["name"])
-        self.name = self.dom.name()
-        self.scopes = self._scopes(scope)
+        domain = conn.domain(guest["name"])
+        self.dom = domain.handle
+        self.name = domain.name
+        self.scopes = self._scopes(scope, domain.active, domain.persistent)
 
-    def _lookup(self, conn, name):
-        try:
-            if UUID_RE.match(name):
-                return conn.lookupByUUIDString(name)
-            return conn.lookupByName(name)
-        except self.libvirt.libvirtError:
-            known = sorted(dom.name() for dom in conn.listAllDomains(0))
-            raise CgroupWeightError("unknown guest %s: no libvirt domain of that name or UUID on "
-                                    "%s; known guests: %s"
-                                    % (name, conn.getURI(), ", ".join(known) or "none"))
-
-    def _scopes(self, scope):
-        active, persistent = self.dom.isActive(), self.dom.isPersistent()
+    def _scopes(self, scope, active, persistent):
         if scope == "live" and not active:
             raise CgroupWeightError("guest %s is not running: scope live needs a running domain "
                                     "(use config or both)" % self.name)
@@ -740,17 +728,16 @@ def _write(path, content):
 
 # ---------------------------------------------------------------- plan, apply, report
 
-def build_targets(guests, host, scope, connect):
-    """A target per guest entry; ``connect()`` -> (conn, libvirt) only if a domain is listed."""
-    targets, conn, libvirt = [], None, None
+def build_targets(guests, host, scope, conn):
+    """A target per guest entry; ``conn``, a ``_libvirt.Connection``, is needed only when a
+    domain is listed."""
+    targets = []
     for guest in guests:
         validate_entry(guest)
         if guest.get("target", "domain") == "process":
             targets.append(ProcessTarget(guest, host))
             continue
-        if conn is None:
-            conn, libvirt = connect()
-        targets.append(DomainTarget(conn, libvirt, guest, host, scope))
+        targets.append(DomainTarget(conn, guest, host, scope))
     names = [target.name for target in targets]
     duplicates = sorted(set(name for name in names if names.count(name) > 1))
     if duplicates:

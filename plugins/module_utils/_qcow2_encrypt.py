@@ -3,7 +3,7 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """LUKS encryption of qcow2 images, done safely. Private to the collection: not a public API.
 
-``ensure(run, request, host, check_mode)`` is the whole job of the qcow2_encrypt module:
+``ensure(run, request, conn, check_mode)`` is the whole job of the qcow2_encrypt module:
 inspect the image, decide what has to change (plan), and unless in check mode apply it:
 ``qemu-img convert`` to a temporary file beside the image, ``qemu-img compare`` of both
 images opened with their secrets, owner/mode/SELinux label copied, fsync, atomic rename.
@@ -15,8 +15,8 @@ While the original is being replaced, a POSIX lock on the byte QEMU uses to anno
 "I do not share write access" keeps any QEMU (a guest being started) from opening it for
 writing, so no guest write can land in a file that is about to be renamed away.
 
-libvirt is reached through ``LibvirtHost``, which wraps a libvirt-python module object that
-the caller imported; nothing here imports libvirt or Ansible.
+libvirt is reached through the collection's libvirt layer: ``conn`` is a ``_libvirt.Connection``
+(None where the host has no libvirt); nothing here imports libvirt or Ansible.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -25,7 +25,6 @@ __metaclass__ = type
 
 import errno
 import fcntl
-import io
 import json
 import os
 import re
@@ -35,6 +34,7 @@ import xml.etree.ElementTree as ET
 
 from ansible_collections.kvmsec.hardening.plugins.module_utils._command import CommandError, checked
 from ansible_collections.kvmsec.hardening.plugins.module_utils._files import copy_attributes, fsync_dir
+from ansible_collections.kvmsec.hardening.plugins.module_utils._libvirt import UUID_RE, disks, edited
 
 QEMU_IMG = "qemu-img"
 QEMU_IO = "qemu-io"
@@ -106,9 +106,6 @@ class Request(object):
         self.when_in_use = when_in_use
         self.secret_uuid = secret_uuid
         self.attach_domains = attach_domains
-
-
-UUID_RE = re.compile(r"^[0-9a-fA-F]{8}(-?[0-9a-fA-F]{4}){3}-?[0-9a-fA-F]{12}$")
 
 
 def check_uuid(option, value):
@@ -441,38 +438,11 @@ def in_use_message(path, guests):
 # libvirt
 
 
-def _namespaces(xml_text):
-    """Register the document's namespace prefixes so ElementTree writes them back unchanged."""
-    for dummy, (prefix, uri) in ET.iterparse(io.StringIO(xml_text), events=("start-ns",)):
-        ET.register_namespace(prefix, uri)
-
-
-def disk_sources(disk):
-    """(kind, value) of a <disk>'s source: ('file', path), ('volume', (pool, vol)) or None."""
-    source = disk.find("source")
-    if source is None:
-        return None
-    if disk.get("type") in ("file", None) and source.get("file"):
-        return "file", source.get("file")
-    if disk.get("type") == "block" and source.get("dev"):
-        return "file", source.get("dev")
-    if disk.get("type") == "volume" and source.get("volume"):
-        return "volume", (source.get("pool"), source.get("volume"))
-    return None
-
-
-def disk_chain(disk):
-    """Every file a <disk> names: its source, then the files of its <backingStore> chain."""
-    files = []
-    node = disk
-    while node is not None:
-        source = node.find("source")
-        if source is not None:
-            value = source.get("file") or source.get("dev")
-            if value:
-                files.append(value)
-        node = node.find("backingStore")
-    return files
+def names_image(disk, path, chain=False):
+    """Whether a ``_libvirt.Disk`` is this image (its real path), or with ``chain`` has it
+    anywhere in its backing chain."""
+    files = [disk.path] + (disk.backing_files if chain else [])
+    return any(name and os.path.realpath(name) == path for name in files)
 
 
 def encryption_of(disk):
@@ -484,24 +454,23 @@ def encryption_of(disk):
     return None
 
 
-def with_encryption(domain_xml, is_image, uuid, standalone):
-    """Domain XML whose disks on this image use LUKS with the secret; (xml, targets) or (None, [])
-    when nothing changes. A flattened image (``standalone``) also loses a stale <backingStore>."""
-    _namespaces(domain_xml)
-    root = ET.fromstring(domain_xml)
+def with_encryption(domain, path, uuid, standalone):
+    """The domain's definition with its disks on this image using LUKS with the secret;
+    (xml, targets) or (None, []) when nothing changes. A flattened image (``standalone``) also
+    loses a stale <backingStore>."""
     targets = []
-    for disk in root.findall("./devices/disk"):
-        source = disk_sources(disk)
-        if source is None or not is_image(source):
-            continue
-        changed = _set_encryption(disk, uuid)
-        changed = _drop_backing_store(disk) or changed if standalone else changed
-        if changed:
-            target = disk.find("target")
-            targets.append(target.get("dev") if target is not None else "?")
-    if not targets:
-        return None, []
-    return ET.tostring(root, encoding="unicode"), targets
+
+    def change(root):
+        for disk in disks(root, domain.volume_path):
+            if not names_image(disk, path):
+                continue
+            changed = _set_encryption(disk.element, uuid)
+            changed = _drop_backing_store(disk.element) or changed if standalone else changed
+            if changed:
+                targets.append(disk.target or "?")
+        return bool(targets)
+
+    return edited(domain.config_xml, change), targets
 
 
 def _set_encryption(disk, uuid):
@@ -541,108 +510,42 @@ def secret_matches(xml_text, path):
             and usage.get("type") == "volume" and (usage.findtext("volume") or "") == path)
 
 
-class LibvirtHost(object):
-    """The libvirt calls the module needs, over a libvirt-python module object."""
+def secret_value(conn, uuid):
+    """The passphrase held by the secret passphrase_libvirt_secret names (a checked UUID)."""
+    option = "passphrase_libvirt_secret"
+    secret = conn.secret(uuid)
+    if secret is None:
+        raise Qcow2EncryptError("%s %s: libvirt has no secret with this UUID; give the UUID of a defined"
+                                " secret that is not private (virsh secret-list)" % (option, uuid))
+    if ET.fromstring(secret.XMLDesc(0)).get("private") == "yes":
+        raise Qcow2EncryptError("%s %s is a private secret, whose value libvirt never hands out; give"
+                                " passphrase or passphrase_file instead, or a secret defined with"
+                                " private='no'" % (option, uuid))
+    try:
+        return secret.value(0)
+    except conn.error as exc:
+        raise Qcow2EncryptError("%s %s: libvirt cannot give its value (%s); set it with virsh"
+                                " secret-set-value" % (option, uuid, exc.get_error_message()))
 
-    XML_SECURE = 1
-    XML_INACTIVE = 2
 
-    def __init__(self, libvirt_module, uri):
-        self.lv = libvirt_module
-        self.error = libvirt_module.libvirtError
-        try:
-            self.conn = libvirt_module.open(uri)
-        except self.error as exc:
-            raise Qcow2EncryptError(
-                "cannot connect to libvirt at %s (%s): start the libvirt daemon, or set libvirt_uri to"
-                " an empty string to rely on QEMU's image locks alone" % (uri, exc))
-
-    def domains(self):
-        """(name, running, live_xml or None, persistent_xml or None) of every domain."""
-        found = []
-        for dom in self.conn.listAllDomains(0):
-            running = bool(dom.isActive())
-            live = dom.XMLDesc(0) if running else None
-            config = dom.XMLDesc(self.XML_INACTIVE | self.XML_SECURE) if dom.isPersistent() else None
-            found.append((dom.name(), running, live, config))
-        return found
-
-    def volume_path(self, pool, volume):
-        try:
-            return self.conn.storagePoolLookupByName(pool).storageVolLookupByName(volume).path()
-        except self.error:
-            return None
-
-    def secret_xml(self, uuid):
-        try:
-            return self.conn.secretLookupByUUIDString(uuid).XMLDesc(0)
-        except self.error as exc:
-            if exc.get_error_code() == self.lv.VIR_ERR_NO_SECRET:
-                return None
-            raise
-
-    def secret_value(self, uuid):
-        """The passphrase held by the secret passphrase_libvirt_secret names (a checked UUID)."""
-        option = "passphrase_libvirt_secret"
-        try:
-            secret = self.conn.secretLookupByUUIDString(uuid)
-        except self.error as exc:
-            if exc.get_error_code() != self.lv.VIR_ERR_NO_SECRET:
-                raise
-            raise Qcow2EncryptError("%s %s: libvirt has no secret with this UUID; give the UUID of a defined"
-                                    " secret that is not private (virsh secret-list)" % (option, uuid))
-        if ET.fromstring(secret.XMLDesc(0)).get("private") == "yes":
-            raise Qcow2EncryptError("%s %s is a private secret, whose value libvirt never hands out; give"
-                                    " passphrase or passphrase_file instead, or a secret defined with"
-                                    " private='no'" % (option, uuid))
-        try:
-            return secret.value(0)
-        except self.error as exc:
-            raise Qcow2EncryptError("%s %s: libvirt cannot give its value (%s); set it with virsh"
-                                    " secret-set-value" % (option, uuid, exc.get_error_message()))
-
-    def define_secret(self, xml_text, value):
-        secret = self.conn.secretDefineXML(xml_text, 0)
-        secret.setValue(value, 0)
-
-    def define_domain(self, xml_text):
-        self.conn.defineXML(xml_text)
+def defined_secret_xml(conn, uuid):
+    secret = conn.secret(uuid)
+    return secret.XMLDesc(0) if secret is not None else None
 
 
 class Usage(object):
     """Which libvirt domains name the image: running ones (in use) and defined ones."""
 
-    def __init__(self, host, path):
+    def __init__(self, conn, path):
         self.running = []
         self.defined = []
-        if host is None:
+        if conn is None:
             return
-        for name, running, live, config in host.domains():
-            if running and live and _names(host, live, path, chain=True):
-                self.running.append(name)
-            if config and _names(host, config, path, chain=False):
-                self.defined.append(name)
-
-
-def _names(host, domain_xml, path, chain):
-    for disk in ET.fromstring(domain_xml).findall("./devices/disk"):
-        files = disk_chain(disk) if chain else []
-        source = disk_sources(disk)
-        if source and source[0] == "volume":
-            files.append(host.volume_path(*source[1]) or "")
-        elif source:
-            files.append(source[1])
-        if any(f and os.path.realpath(f) == path for f in files):
-            return True
-    return False
-
-
-def _is_image(host, path):
-    def match(source):
-        kind, value = source
-        resolved = host.volume_path(*value) if kind == "volume" else value
-        return bool(resolved) and os.path.realpath(resolved) == path
-    return match
+        for domain in conn.domains():
+            if domain.active and any(names_image(disk, path, chain=True) for disk in domain.disks(live=True)):
+                self.running.append(domain.name)
+            if domain.persistent and any(names_image(disk, path) for disk in domain.disks()):
+                self.defined.append(domain.name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -731,30 +634,30 @@ def verify(run, path, facts, keys, share):
         raise Qcow2EncryptError("the passphrase does not open the LUKS-encrypted image %s" % path)
 
 
-def libvirt_changes(host, path, request, standalone, converted):
+def libvirt_changes(conn, path, request, standalone, converted):
     """What libvirt needs so guests open the image unattended: [(description, action)]."""
-    if host is None or not request.secret_uuid:
+    if conn is None or not request.secret_uuid:
         return []
     changes = []
     uuid = request.secret_uuid
-    current = host.secret_xml(uuid)
+    current = defined_secret_xml(conn, uuid)
     if current is None or not secret_matches(current, path) or converted:
         what = "define" if current is None else "update"
         changes.append(("%s private libvirt secret %s for %s" % (what, uuid, path),
-                        lambda: host.define_secret(secret_xml(uuid, path), request.passphrase)))
+                        lambda: conn.define_secret(secret_xml(uuid, path), request.passphrase)))
     if request.attach_domains:
-        for name, dummy, dummy2, config in host.domains():
-            if not config:
+        for domain in conn.domains():
+            if not domain.persistent:
                 continue
-            new_xml, targets = with_encryption(config, _is_image(host, path), uuid, standalone)
+            new_xml, targets = with_encryption(domain, path, uuid, standalone)
             if new_xml:
-                changes.append(("use secret %s for disk %s of guest %s" % (uuid, ", ".join(targets), name),
-                                _definer(host, new_xml)))
+                changes.append(("use secret %s for disk %s of guest %s" % (uuid, ", ".join(targets), domain.name),
+                                _definer(conn, new_xml)))
     return changes
 
 
-def _definer(host, xml_text):
-    return lambda: host.define_domain(xml_text)
+def _definer(conn, xml_text):
+    return lambda: conn.define(xml_text)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -922,18 +825,18 @@ def public(facts):
                                         "virtual_size", "backing_file"))
 
 
-def ensure(run, request, host=None, check_mode=False):
+def ensure(run, request, conn=None, check_mode=False):
     """Bring the image to the requested state; return the module result (never a secret)."""
     validate(request)
     path = checked_path(request.path)
     keys = Keys(request.passphrase, request.old_passphrase)
-    return _ensure(keys.runner(run), path, request, host, check_mode, keys)
+    return _ensure(keys.runner(run), path, request, conn, check_mode, keys)
 
 
-def _ensure(run, path, request, host, check_mode, keys):
+def _ensure(run, path, request, conn, check_mode, keys):
     facts, locked = inspect(run, path)
     refuse_unsupported(request.path, facts)
-    usage = Usage(host, path)
+    usage = Usage(conn, path)
     backups = backups_of(path)
     result = {"changed": False, "path": request.path, "backup_file": None, "in_use_by": usage.running,
               "changes": [], "skipped_changes": [], "warnings": [], "libvirt_secret": request.secret_uuid}
@@ -953,12 +856,12 @@ def _ensure(run, path, request, host, check_mode, keys):
         return _unchanged(result, facts, backups)
     after = _planned_facts(facts, request) if conversion else facts
     leftovers = leftover_temps(path) + [b.path for b in backups if b.stale]
-    libvirt = libvirt_changes(host, path, request, not after["backing_file"], bool(conversion))
+    libvirt = libvirt_changes(conn, path, request, not after["backing_file"], bool(conversion))
     result["changes"] = ([conversion.reason] if conversion else []) + [
         "remove %s, left by an interrupted run" % t for t in leftovers] + [d for d, dummy in libvirt]
     result["changed"] = bool(result["changes"])
-    result["diff"] = {"before": _diff_view(facts, host, path, request, False),
-                      "after": _diff_view(after, host, path, request, bool(libvirt))}
+    result["diff"] = {"before": _diff_view(facts, conn, path, request, False),
+                      "after": _diff_view(after, conn, path, request, bool(libvirt))}
     if check_mode:
         backups = [b for b in backups if not b.stale]
     else:
@@ -966,7 +869,7 @@ def _ensure(run, path, request, host, check_mode, keys):
             _unlink_quietly(leftover)
         if conversion:
             result["backup_file"] = convert(run, path, facts, conversion, request, keys,
-                                            _still_free(run, path, host))
+                                            _still_free(run, path, conn))
             after = inspect(run, path)[0]
         for dummy, action in libvirt:
             action()
@@ -991,9 +894,9 @@ def _report_backups(result, backups):
     result["warnings"] += [backup_warning(result["path"], b) for b in plaintext]
 
 
-def _still_free(run, path, host):
+def _still_free(run, path, conn):
     def check():
-        running = Usage(host, path).running
+        running = Usage(conn, path).running
         if running or is_locked(run, path):
             raise ImageInUse(in_use_message(path, running) + "; stop it first", running)
     return check
@@ -1007,29 +910,27 @@ def _planned_facts(facts, request):
     return after
 
 
-def guest_disks(host, path):
+def guest_disks(conn, path):
     """{guest: encryption of its disks on this image} from the persistent definitions."""
     view = {}
-    for name, dummy, dummy2, config in host.domains():
-        if not config:
+    for domain in conn.domains():
+        if not domain.persistent:
             continue
-        match = _is_image(host, path)
-        for disk in ET.fromstring(config).findall("./devices/disk"):
-            source = disk_sources(disk)
-            if source and match(source):
-                enc = encryption_of(disk)
-                view[name] = "%s secret %s" % enc if enc else "no encryption"
+        for disk in domain.disks():
+            if names_image(disk, path):
+                enc = encryption_of(disk.element)
+                view[domain.name] = "%s secret %s" % enc if enc else "no encryption"
     return view
 
 
-def _diff_view(facts, host, path, request, libvirt_applied):
+def _diff_view(facts, conn, path, request, libvirt_applied):
     view = public(facts)
-    if host is None or not request.secret_uuid:
+    if conn is None or not request.secret_uuid:
         return view
     uuid = request.secret_uuid
-    defined = host.secret_xml(uuid) is not None
+    defined = conn.secret(uuid) is not None
     view["libvirt_secret"] = uuid if defined or libvirt_applied else None
-    guests = guest_disks(host, path)
+    guests = guest_disks(conn, path)
     if libvirt_applied and request.attach_domains:
         guests = dict((name, "luks secret %s" % uuid) for name in guests)
     view["guests"] = guests

@@ -12,6 +12,8 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import traceback
+
 from ansible.module_utils.basic import missing_required_lib
 from ansible.module_utils.common.respawn import (
     has_respawned,
@@ -19,7 +21,10 @@ from ansible.module_utils.common.respawn import (
     respawn_module,
 )
 
+from ansible_collections.kvmsec.hardening.plugins.module_utils._libvirt import Connection, LibvirtError
+
 SYSTEM_PYTHONS = ("/usr/bin/python3", "/usr/libexec/platform-python", "/usr/bin/python")
+LIBVIRT_PACKAGE = "libvirt-python (Debian: python3-libvirt)"
 
 
 def respawn_or_fail(module, binding, package, import_error, reason=None):
@@ -30,3 +35,17 @@ def respawn_or_fail(module, binding, package, import_error, reason=None):
         if interpreter:
             respawn_module(interpreter)
     module.fail_json(msg=missing_required_lib(package, reason=reason), exception=import_error)
+
+
+def libvirt_connection(module, uri, reason=None, hint=""):
+    """A ``_libvirt.Connection`` to uri, with libvirt-python from the module's Python or, by
+    re-running the module, from the system's. A connection that fails ends the module with the
+    message (and ``hint``): nothing has been changed yet."""
+    try:
+        import libvirt
+    except ImportError:
+        respawn_or_fail(module, "libvirt", LIBVIRT_PACKAGE, traceback.format_exc(), reason)
+    try:
+        return Connection(libvirt, uri)
+    except LibvirtError as exc:
+        module.fail_json(msg="%s%s" % (exc, hint))

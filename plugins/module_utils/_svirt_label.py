@@ -19,7 +19,7 @@ pairs that avoid every pair in use on the host and every reserved pair, finds co
 compares what running guests really have - ``/proc/PID/attr/current`` of the QEMU process and
 the ``security.selinux`` extended attribute of each image - with their domain XML. The parsing
 functions take text, so they are tested on captured output. libvirt is used only through the
-connection object the caller passes (this file imports neither libvirt nor Ansible).
+collection's libvirt layer (``_libvirt``); this file imports neither libvirt nor Ansible.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -29,7 +29,6 @@ __metaclass__ = type
 import errno
 import functools
 import hashlib
-import io
 import json
 import os
 import platform
@@ -38,6 +37,12 @@ import xml.etree.ElementTree as ET
 
 from ansible_collections.kvmsec.hardening.plugins.module_utils._command import checked
 from ansible_collections.kvmsec.hardening.plugins.module_utils._files import atomic_write, read_text
+from ansible_collections.kvmsec.hardening.plugins.module_utils._libvirt import (
+    Domain as LibvirtDomain,
+    edited,
+    find,
+    parse,
+)
 
 MODELS = ("selinux", "apparmor")
 TYPES = ("dynamic", "static", "none")
@@ -136,20 +141,6 @@ def apparmor_state(label):
 
 # ---------------------------------------------------------------- domain XML
 
-def _parse_xml(xml_text):
-    try:
-        return ET.fromstring(xml_text)
-    except ET.ParseError as exc:
-        raise SvirtError("libvirt returned domain XML that does not parse: %s" % exc)
-
-
-def _keep_namespace_prefixes(xml_text):
-    """ElementTree renames unknown prefixes to ns0 on output; keep the domain's own (metadata)."""
-    for dummy, (prefix, uri) in ET.iterparse(io.StringIO(xml_text), events=("start-ns",)):
-        if prefix and not re.match(r"ns\d+$", prefix):   # ET reserves ns0, ns1, ...
-            ET.register_namespace(prefix, uri)
-
-
 def _yes(value, default):
     return default if value is None else value == "yes"
 
@@ -168,7 +159,7 @@ def _seclabel_dict(element):
 
 def seclabels(xml_text):
     """The domain-level ``<seclabel>`` elements, by model (None for one without a model)."""
-    root = _parse_xml(xml_text)
+    root = parse(xml_text)
     return dict((element.get("model"), _seclabel_dict(element)) for element in root.findall("seclabel"))
 
 
@@ -178,25 +169,22 @@ def seclabel_for(xml_text, model):
 
 
 def domain_virt_type(xml_text):
-    return _parse_xml(xml_text).get("type", "kvm")
+    return parse(xml_text).get("type", "kvm")
 
 
-def disks(xml_text, model):
-    """Disks with a host path: target, path, readonly/shareable and whether relabelling is off."""
+def image_disks(disks, model):
+    """Disks with a host path (pool volumes resolved): target, path, readonly/shareable and
+    whether relabelling is off for the disk."""
     found = []
-    for disk in _parse_xml(xml_text).findall("devices/disk"):
-        source = disk.find("source")
-        path = None if source is None else (source.get("file") or source.get("dev"))
-        if not path:
+    for disk in disks:
+        if not disk.path:
             continue
-        override = None if source is None else source.find("seclabel[@model='%s']" % model)
-        if override is None and source is not None:
-            override = source.find("seclabel")
+        override = disk.source_seclabel(model)
         found.append({
-            "target": disk.find("target").get("dev") if disk.find("target") is not None else None,
-            "path": path,
-            "readonly": disk.find("readonly") is not None,
-            "shareable": disk.find("shareable") is not None,
+            "target": disk.target,
+            "path": disk.path,
+            "readonly": disk.readonly,
+            "shareable": disk.shareable,
             "relabel": override is None or _yes(override.get("relabel"), True),
         })
     return found
@@ -222,15 +210,14 @@ def seclabel_text(desired):
 
 def set_seclabel(xml_text, desired):
     """Domain XML with the ``<seclabel>`` of desired's model replaced (other models kept)."""
-    _keep_namespace_prefixes(xml_text)
-    root = _parse_xml(xml_text)
-    position = len(root)
-    for index, element in enumerate(list(root)):
-        if element.tag == "seclabel" and element.get("model") in (desired["model"], None):
-            position = min(position, index)
-            root.remove(element)
-    root.insert(min(position, len(root)), seclabel_element(desired))
-    return ET.tostring(root, encoding="unicode")
+    def replace(root):
+        position = len(root)
+        for index, element in enumerate(list(root)):
+            if element.tag == "seclabel" and element.get("model") in (desired["model"], None):
+                position = min(position, index)
+                root.remove(element)
+        root.insert(min(position, len(root)), seclabel_element(desired))
+    return edited(xml_text, replace)
 
 
 def comparable(seclabel):
@@ -248,7 +235,7 @@ def comparable(seclabel):
 
 def host_security(capabilities_xml):
     """From ``virConnectGetCapabilities``: [(model, {virt type: baselabel})] in libvirt's order."""
-    root = _parse_xml(capabilities_xml)
+    root = parse(capabilities_xml, "capabilities XML")
     models = []
     for secmodel in root.findall("host/secmodel"):
         baselabels = dict((base.get("type"), base.text) for base in secmodel.findall("baselabel"))
@@ -320,23 +307,16 @@ class HostFiles(object):
         return self.read("%s/%s.files" % (APPARMOR_DIR, profile))
 
 
-class Domain(object):
-    """One libvirt domain as read from the host: definitions and, when running, reality."""
+class Domain(LibvirtDomain):
+    """A libvirt domain with what its running guest really has, observed on the host."""
 
-    def __init__(self, name, uuid, config_xml, live_xml=None):
-        self.name = name
-        self.uuid = uuid
-        self.config_xml = config_xml
-        self.live_xml = live_xml
+    def __init__(self, handle, volume_path=None):
+        super(Domain, self).__init__(handle, volume_path)
         self.pid = None
         self.process_label = None
         self.image_labels = {}
         self.apparmor_files = None
         self._seclabels = {}
-
-    @property
-    def active(self):
-        return self.live_xml is not None
 
     def seclabel(self, model, live=False):
         """The seclabel of the definition (or of the running guest), parsed once: planning
@@ -347,16 +327,9 @@ class Domain(object):
             self._seclabels[key] = seclabel_for(xml_text, model) if xml_text else None
         return self._seclabels[key]
 
-
-def read_domains(conn, libvirt):
-    """Every domain on the connection: its definition, and its live XML when running."""
-    domains = []
-    config_flags = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE
-    for handle in conn.listAllDomains(0):
-        active = bool(handle.isActive())
-        domains.append(Domain(handle.name(), handle.UUIDString(), handle.XMLDesc(config_flags),
-                              handle.XMLDesc(0) if active else None))
-    return sorted(domains, key=lambda item: item.name)
+    def images(self, model):
+        """The running guest's disks with a host path."""
+        return image_disks(self.disks(live=True), model)
 
 
 def observe(domain, model, host):
@@ -365,7 +338,7 @@ def observe(domain, model, host):
     if domain.pid is not None:
         domain.process_label = host.process_label(domain.pid)
     if model == "selinux":
-        for disk in disks(domain.live_xml, model):
+        for disk in domain.images(model):
             domain.image_labels[disk["path"]] = host.file_label(disk["path"])
     else:
         live = domain.seclabel(model, live=True) or {}
@@ -416,15 +389,6 @@ def check_requests(requests, model, allow_unconfined):
                                  "read its images; add a pair such as :c1,c2" % (name, label))
         if request.get("categories"):
             parse_categories(request["categories"])
-
-
-def find(domains, name):
-    for domain in domains:
-        if name in (domain.name, domain.uuid):
-            return domain
-    raise SvirtError("guests: no libvirt domain %r on this host (domains: %s); name each guest by "
-                     "the name or UUID of a defined domain"
-                     % (name, ", ".join(domain.name for domain in domains) or "none"))
 
 
 # ---------------------------------------------------------------- categories in use
@@ -644,7 +608,7 @@ def check_selinux(domain, model, fix):
     elif domain.process_label != live.get("label"):
         report["problems"].append("QEMU process runs as %s, the domain says %s"
                                   % (domain.process_label, live.get("label")))
-    for disk in disks(domain.live_xml, model):
+    for disk in domain.images(model):
         image, fixable = _image_status(disk, domain.image_labels.get(disk["path"]), live)
         report["images"].append(image)
         if image["status"] == "mismatch":
@@ -694,7 +658,7 @@ def check_apparmor(domain, model, fix):
             reload_profile = "%s/%s" % (APPARMOR_DIR, live["label"])
         else:
             report["problems"].append("profile %s is in %s mode, not enforce" % (profile, mode))
-    for disk in disks(domain.live_xml, model):
+    for disk in domain.images(model):
         listed = domain.apparmor_files is not None and '"%s"' % disk["path"] in domain.apparmor_files
         report["images"].append({"path": disk["path"], "label": live["label"] if listed else None,
                                  "expected": live["label"], "status": "ok" if listed else "mismatch"})
@@ -825,13 +789,13 @@ class Evaluation(object):
         self.reports = reports
 
 
-def evaluate(conn, libvirt, params, host):
-    """Read the host through an open libvirt connection and plan; changes nothing."""
-    domains = read_domains(conn, libvirt)
+def evaluate(conn, params, host):
+    """Read the host through an open ``_libvirt.Connection`` and plan; changes nothing."""
+    domains = conn.domains(Domain)
     # a guest that does not exist is the request's fault: say so before anything about the host
     for request in params.get("guests") or []:
         find(domains, request["name"])
-    models = host_security(conn.getCapabilities())
+    models = host_security(conn.capabilities())
     model = choose_model(params.get("model") or "auto", models)
     for domain in domains:
         if domain.active:

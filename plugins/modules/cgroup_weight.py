@@ -115,11 +115,6 @@ options:
     type: str
     choices: [both, live, config]
     default: both
-  uri:
-    description:
-      - libvirt connection URI. Only local URIs report the cgroupfs files written.
-    type: str
-    default: qemu:///system
   cgroup_version:
     description:
       - C(auto) uses each controller where the host has it (cgroup v1 first on hybrid hosts,
@@ -137,6 +132,7 @@ attributes:
     platforms: posix
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - kvmsec.hardening.libvirt
 notes:
   - Weights only act while a device is contended, and BFQ weights only on devices whose
     scheduler is C(bfq); the module warns when no block device uses BFQ.
@@ -259,19 +255,10 @@ guests:
           changed: true
 """
 
-import traceback
-
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kvmsec.hardening.plugins.module_utils import _cgroup_weight as core
-from ansible_collections.kvmsec.hardening.plugins.module_utils._respawn import respawn_or_fail
-
-try:
-    import libvirt
-except ImportError:
-    libvirt = None
-    LIBVIRT_IMPORT_ERROR = traceback.format_exc()
-else:
-    LIBVIRT_IMPORT_ERROR = None
+from ansible_collections.kvmsec.hardening.plugins.module_utils._libvirt import URI_SPEC, errors
+from ansible_collections.kvmsec.hardening.plugins.module_utils._respawn import libvirt_connection
 
 
 DEVICE_SPEC = dict(
@@ -294,44 +281,29 @@ GUEST_SPEC = dict(
 )
 
 
-def connector(uri):
-    def connect():
-        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-        try:
-            return libvirt.open(uri), libvirt
-        except libvirt.libvirtError as exc:
-            raise core.CgroupWeightError("cannot connect to libvirt at %s: %s" % (uri, exc))
-    return connect
-
-
 def main():
     module = AnsibleModule(
         argument_spec=dict(
             guests=dict(type="list", elements="dict", required=True, options=GUEST_SPEC),
             scope=dict(type="str", choices=["both", "live", "config"], default="both"),
-            uri=dict(type="str", default="qemu:///system"),
             cgroup_version=dict(type="str", choices=["auto", "1", "2"], default="auto"),
+            **URI_SPEC
         ),
         supports_check_mode=True,
     )
     guests = module.params["guests"]
-    if libvirt is None and any(guest["target"] == "domain" for guest in guests):
-        respawn_or_fail(module, "libvirt", "libvirt-python (Debian: python3-libvirt)",
-                        LIBVIRT_IMPORT_ERROR)
-
-    errors = (core.CgroupWeightError, IOError, OSError)
-    if libvirt is not None:
-        errors += (libvirt.libvirtError,)
+    conn = None
+    if any(guest["target"] == "domain" for guest in guests):
+        conn = libvirt_connection(module, module.params["uri"])
     try:
         host = core.Host(version=module.params["cgroup_version"])
-        targets = core.build_targets(guests, host, module.params["scope"],
-                                     connector(module.params["uri"]))
+        targets = core.build_targets(guests, host, module.params["scope"], conn)
         planned = core.plan(targets)
         for note in core.notes(host, planned):
             module.warn(note)
         if not module.check_mode:
             core.apply(planned)
-    except errors as exc:
+    except (core.CgroupWeightError, IOError, OSError) + errors(conn) as exc:
         module.fail_json(msg="cgroup_weight: %s" % exc)
     changed, results, diff = core.report(planned)
     module.exit_json(changed=changed, guests=results, diff=diff)

@@ -134,13 +134,6 @@ options:
     type: str
     choices: [fail, skip]
     default: fail
-  libvirt_uri:
-    description:
-      - libvirt connection used to find guests using the image, to read O(passphrase_libvirt_secret) and
-        to apply O(libvirt_secret).
-      - An empty string means no libvirt on this host; use is then detected through QEMU's image locks only.
-    type: str
-    default: qemu:///system
   libvirt_secret:
     description:
       - Make libvirt able to open the encrypted image without a prompt.
@@ -169,7 +162,15 @@ attributes:
     support: full
     description: The diff shows format, encryption, cipher, backing file, the libvirt secret and the guests'
       disk encryption before and after.
+  platform:
+    platforms: posix
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+  - kvmsec.hardening.libvirt
 notes:
+  - O(uri) is the libvirt connection used to find guests using the image, to read
+    O(passphrase_libvirt_secret) and to apply O(libvirt_secret). An empty string means no
+    libvirt on this host; use is then detected through QEMU's image locks only.
   - Needs C(qemu-img) and C(qemu-io) on the managed host, and libvirt-python for the libvirt features.
     When the module's Python lacks libvirt-python, the module re-runs itself under the system Python.
   - Enough free space beside the image for a second copy of its data is needed while converting.
@@ -182,7 +183,7 @@ seealso:
     link: https://www.qemu.org/docs/master/system/images.html
 requirements:
   - qemu-img and qemu-io (Debian C(qemu-utils), EL C(qemu-img))
-  - libvirt-python, unless O(libvirt_uri) is empty
+  - libvirt-python, unless O(uri) is empty
 """
 
 EXAMPLES = r"""
@@ -278,21 +279,12 @@ plaintext_backups:
   sample: [/var/lib/libvirt/images/web01.qcow2.2025-01-31@10:12:55~]
 """
 
-import traceback
-
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.text.converters import to_bytes
 from ansible_collections.kvmsec.hardening.plugins.module_utils import _qcow2_encrypt as core
-from ansible_collections.kvmsec.hardening.plugins.module_utils._respawn import respawn_or_fail
 from ansible_collections.kvmsec.hardening.plugins.module_utils._command import CommandError, module_runner
-
-LIBVIRT_IMPORT_ERROR = None
-try:
-    import libvirt
-except ImportError:
-    libvirt = None
-    LIBVIRT_IMPORT_ERROR = traceback.format_exc()
-LIBVIRT_ERRORS = (libvirt.libvirtError,) if libvirt else ()
+from ansible_collections.kvmsec.hardening.plugins.module_utils._libvirt import URI_SPEC, errors
+from ansible_collections.kvmsec.hardening.plugins.module_utils._respawn import libvirt_connection
 
 CIPHER_OPTIONS = dict((key, dict(type="str", choices=list(core.CIPHER_CHOICES[key]))) for key in core.CIPHER_KEYS)
 
@@ -310,29 +302,25 @@ def argument_spec():
         backup=dict(type="bool", default=True),
         flatten=dict(type="bool", default=False),
         when_in_use=dict(type="str", choices=["fail", "skip"], default="fail"),
-        libvirt_uri=dict(type="str", default="qemu:///system"),
         libvirt_secret=dict(type="dict", no_log=False, options=dict(
             uuid=dict(type="str", required=True),
             attach_domains=dict(type="bool", default=True),
         )),
     )
     spec.update(CIPHER_OPTIONS)
+    spec.update(URI_SPEC)
     return spec
 
 
-def libvirt_host(module):
-    """The libvirt connection, re-running the module under the system Python when ours lacks the
-    binding; None when libvirt_uri is empty."""
-    uri = module.params["libvirt_uri"]
+def libvirt_conn(module):
+    """The libvirt connection; None when uri is empty."""
+    uri = module.params["uri"]
     if not uri:
         if module.params["passphrase_libvirt_secret"] or module.params["libvirt_secret"]:
-            module.fail_json(msg="passphrase_libvirt_secret and libvirt_secret need libvirt: set libvirt_uri")
+            module.fail_json(msg="passphrase_libvirt_secret and libvirt_secret need libvirt: set uri")
         return None
-    if libvirt is None:
-        respawn_or_fail(module, "libvirt", "libvirt-python (Debian: python3-libvirt)",
-                        LIBVIRT_IMPORT_ERROR, reason="to find guests using the image")
-    libvirt.registerErrorHandler(lambda context, error: None, None)
-    return core.LibvirtHost(libvirt, uri)
+    return libvirt_connection(module, uri, reason="to find guests using the image",
+                              hint=", or set uri to an empty string to rely on QEMU's image locks alone")
 
 
 def passphrases(module):
@@ -378,17 +366,18 @@ def main():
         required_one_of=[["passphrase", "passphrase_file", "passphrase_libvirt_secret"]],
         supports_check_mode=True,
     )
+    conn = None
     try:
         # what is wrong with the input is said before anything about libvirt
         new, old = passphrases(module)
-        host = libvirt_host(module)
+        conn = libvirt_conn(module)
         if module.params["passphrase_libvirt_secret"]:
-            new = host.secret_value(module.params["passphrase_libvirt_secret"])
+            new = core.secret_value(conn, module.params["passphrase_libvirt_secret"])
             hide(module, new)
-        result = core.ensure(module_runner(module), request(module, new, old), host, module.check_mode)
+        result = core.ensure(module_runner(module), request(module, new, old), conn, module.check_mode)
     except core.ImageInUse as exc:
         module.fail_json(msg=str(exc), path=module.params["path"], in_use_by=exc.users)
-    except (core.Qcow2EncryptError, CommandError, IOError, OSError) + LIBVIRT_ERRORS as exc:
+    except (core.Qcow2EncryptError, CommandError, IOError, OSError) + errors(conn) as exc:
         module.fail_json(msg=str(exc), path=module.params["path"])
     for warning in result.pop("warnings"):
         module.warn(warning)

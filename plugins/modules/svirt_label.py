@@ -100,10 +100,6 @@ options:
     type: str
     choices: [auto, selinux, apparmor]
     default: auto
-  uri:
-    description: libvirt connection URI.
-    type: str
-    default: qemu:///system
   report_path:
     description:
       - Write the labels report here - JSON with the host name, the model, RV(domains),
@@ -122,6 +118,7 @@ attributes:
     platforms: posix
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - kvmsec.hardening.libvirt
 notes:
   - libvirt does not reserve the categories of static labels, so a dynamic guest started later
     may be given a pair that a stopped static guest uses. Run the module after starting guests
@@ -273,20 +270,11 @@ report_written:
   type: bool
 """
 
-import traceback
-
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kvmsec.hardening.plugins.module_utils import _svirt_label as core
-from ansible_collections.kvmsec.hardening.plugins.module_utils._respawn import respawn_or_fail
 from ansible_collections.kvmsec.hardening.plugins.module_utils._command import CommandError, module_runner
-
-try:
-    import libvirt
-except ImportError:
-    libvirt = None
-    LIBVIRT_IMPORT_ERROR = traceback.format_exc()
-else:
-    LIBVIRT_IMPORT_ERROR = None
+from ansible_collections.kvmsec.hardening.plugins.module_utils._libvirt import URI_SPEC, errors
+from ansible_collections.kvmsec.hardening.plugins.module_utils._respawn import libvirt_connection
 
 
 GUEST_SPEC = dict(
@@ -298,12 +286,6 @@ GUEST_SPEC = dict(
 )
 
 
-def require_libvirt(module):
-    if libvirt is not None:
-        return
-    respawn_or_fail(module, "libvirt", "libvirt-python (Debian: python3-libvirt)", LIBVIRT_IMPORT_ERROR)
-
-
 def main():
     module = AnsibleModule(
         argument_spec=dict(
@@ -311,23 +293,22 @@ def main():
             reserved_categories=dict(type="list", elements="str", default=[]),
             allow_unconfined=dict(type="bool", default=False),
             model=dict(type="str", choices=["auto", "selinux", "apparmor"], default="auto"),
-            uri=dict(type="str", default="qemu:///system"),
             report_path=dict(type="path"),
+            **URI_SPEC
         ),
         supports_check_mode=True,
     )
-    require_libvirt(module)
-    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
     host = core.HostFiles()
     model = module.params["model"]
+    conn = None
     try:
         core.check_requests(module.params["guests"], None if model == "auto" else model,
                             module.params["allow_unconfined"])
-        conn = libvirt.open(module.params["uri"])
-        evaluation = core.evaluate(conn, libvirt, module.params, host)
+        conn = libvirt_connection(module, module.params["uri"])
+        evaluation = core.evaluate(conn, module.params, host)
         if not module.check_mode:
-            core.apply(evaluation.plans, conn.defineXML, host, module_runner(module))
-    except (core.SvirtError, CommandError, libvirt.libvirtError, IOError, OSError) as exc:
+            core.apply(evaluation.plans, conn.define, host, module_runner(module))
+    except (core.SvirtError, CommandError, IOError, OSError) + errors(conn) as exc:
         module.fail_json(msg="svirt_label: %s" % exc)
     changed, result, warnings = core.summary(evaluation)
     result["report_written"] = False

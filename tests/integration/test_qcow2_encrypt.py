@@ -314,7 +314,7 @@ def test_an_unreadable_passphrase_file_is_named_before_libvirt_is_asked(images):
     good = passfile(images)
     before = listing(images)
     for option in ("passphrase_file", "old_passphrase_file"):
-        args = {"path": str(image), "passphrase_file": str(good), "libvirt_uri": "qemu:///nowhere"}
+        args = {"path": str(image), "passphrase_file": str(good), "uri": "qemu:///nowhere"}
         args[option] = str(images / "no-such-file")
         status, result, dummy = module(args, images)
         assert status == "FAILED!" and result["msg"] == (

@@ -29,8 +29,8 @@ def test_a_guest_that_does_not_exist_is_named_first(libvirtd):
     for check in (False, True):
         rc, result, dummy = run_module("svirt_label", {"uri": libvirtd, "guests": [{"name": "kvmsec-no-such-guest"}]},
                                        *(["--check"] if check else []), timeout=120)
-        assert rc != 0 and "guests: no libvirt domain 'kvmsec-no-such-guest' on this host" in result["msg"], result
-        assert "name each guest by the name or UUID of a defined domain" in result["msg"]
+        assert rc != 0 and "guests[].name: no libvirt domain kvmsec-no-such-guest on this host (give a name or " \
+            "UUID); its domains:" in result["msg"], result
 
 
 def test_an_explicit_model_the_host_lacks_is_named(libvirtd):

@@ -13,6 +13,8 @@ import stat
 import pytest
 
 from ansible_collections.kvmsec.hardening.plugins.module_utils import _cgroup_weight as core
+from ansible_collections.kvmsec.hardening.plugins.module_utils._libvirt import LibvirtError
+from ansible_collections.kvmsec.hardening.tests.unit.plugins.module_utils import fake_libvirt
 
 
 # ---------------------------------------------------------------- scale and formats
@@ -152,7 +154,7 @@ def process_guest(**values):
 
 
 def run_once(host, guests, check_mode=False):
-    targets = core.build_targets(guests, host, "both", connect=None)
+    targets = core.build_targets(guests, host, "both", conn=None)
     planned = core.plan(targets)
     if not check_mode:
         core.apply(planned)
@@ -174,7 +176,7 @@ def test_v2_process_guest_plan_apply_idempotent(v2):
     (v2.cgroup / "kvmsec").mkdir()
     (v2.cgroup / "kvmsec" / "cgroup.controllers").write_text("cpu io\n")
     (v2.cgroup / "kvmsec" / "cgroup.subtree_control").write_text("\n")
-    targets = core.build_targets([guest], v2.host(), "both", connect=None)
+    targets = core.build_targets([guest], v2.host(), "both", conn=None)
     planned = core.plan(targets)
     core.apply(planned)
     changed, results, _diff = core.report(planned)
@@ -295,70 +297,10 @@ def test_notes_when_iocost_enforces_io_weight_on_no_disk(tmp_path):
     assert core.notes(host, planned) == []
 
 
-# ---------------------------------------------------------------- libvirt domains (fakes)
+# ---------------------------------------------------------------- libvirt domains (the one fake libvirt)
 
-class FakeLibvirtError(Exception):
-    pass
-
-
-class FakeLibvirt(object):
-    VIR_DOMAIN_AFFECT_LIVE = 1
-    VIR_DOMAIN_AFFECT_CONFIG = 2
-    libvirtError = FakeLibvirtError
-
-
-class FakeDomain(object):
-    def __init__(self, name, active=True, persistent=True):
-        self._name = name
-        self.active = active
-        self.persistent = persistent
-        self.blkio = {1: {"weight": 100, "device_read_bytes_sec": ""},
-                      2: {"weight": 0, "device_read_bytes_sec": ""}}
-        self.sched = {1: {"cpu_shares": 1024}, 2: {"cpu_shares": 0}}
-        self.calls = []
-        self.fail_on = None
-
-    def name(self):
-        return self._name
-
-    def isActive(self):
-        return self.active
-
-    def isPersistent(self):
-        return self.persistent
-
-    def blkioParameters(self, flag):
-        return dict(self.blkio[flag])
-
-    def schedulerParametersFlags(self, flag):
-        return dict(self.sched[flag])
-
-    def setBlkioParameters(self, params, flag):
-        self.calls.append(("blkio", flag, params))
-        if self.fail_on == "blkio":
-            self.fail_on = None  # libvirt refuses the new value, accepts the old one back
-            raise FakeLibvirtError("refused")
-        self.blkio[flag].update(params)
-
-    def setSchedulerParametersFlags(self, params, flag):
-        self.calls.append(("sched", flag, params))
-        self.sched[flag].update(params)
-
-
-class FakeConn(object):
-    def __init__(self, *domains):
-        self.domains = dict((dom.name(), dom) for dom in domains)
-
-    def lookupByName(self, name):
-        if name not in self.domains:
-            raise FakeLibvirtError("no domain")
-        return self.domains[name]
-
-    def listAllDomains(self, _flags):
-        return list(self.domains.values())
-
-    def getURI(self):
-        return "qemu:///system"
+def domain_handle(name, active=True, persistent=True):
+    return fake_libvirt.FakeDomain(name, active=active, persistent=persistent)
 
 
 def domain_guest(name, **values):
@@ -369,17 +311,17 @@ def domain_guest(name, **values):
 
 
 def build(fake, conn, guests, scope="both"):
-    return core.build_targets(guests, fake.host(), scope, lambda: (conn, FakeLibvirt))
+    return core.build_targets(guests, fake.host(), scope, conn)
 
 
 def test_domain_both_scopes_mapped_to_cpu_shares_on_v1(tmp_path):
     fake = FakeHost(tmp_path, version=1)
-    dom = FakeDomain("db1")
+    dom = domain_handle("db1")
     wanted = [domain_guest("db1", io_weight=1000, cpu_weight=1000)]
-    core.apply(core.plan(build(fake, FakeConn(dom), wanted)))
+    core.apply(core.plan(build(fake, fake_libvirt.connection(dom), wanted)))
     assert ("blkio", 2, {"weight": 1000}) in dom.calls and ("blkio", 1, {"weight": 1000}) in dom.calls
     assert ("sched", 1, {"cpu_shares": 10240}) in dom.calls
-    changed, _guests, _diff = core.report(core.plan(build(fake, FakeConn(dom), wanted)))
+    changed, _guests, _diff = core.report(core.plan(build(fake, fake_libvirt.connection(dom), wanted)))
     assert not changed
 
 
@@ -397,10 +339,10 @@ def test_domain_live_weights_land_on_the_systemd_machine_scope_on_v2(tmp_path):
     fake.process(777, ["/usr/bin/qemu-system-x86_64", "-name", "guest=db1"],
                  "0::/machine.slice/machine-qemu\\x2d1\\x2ddb1.scope/libvirt/emulator")
     (fake.pids / "db1.pid").write_text("777")
-    dom = FakeDomain("db1")
+    dom = domain_handle("db1")
     wanted = domain_guest("db1", io_weight=1000, cpu_weight=10,
                           devices=[{"path": "/dev/sda", "write_bytes_sec": 1048576}])
-    planned = core.plan(build(fake, FakeConn(dom), [wanted]))
+    planned = core.plan(build(fake, fake_libvirt.connection(dom), [wanted]))
     live = dict((s.key, s.where) for _t, settings in planned for s in settings if s.scope == "live")
     assert live == {"io_weight": str(scope / "io.weight"), "cpu_weight": str(scope / "cpu.weight"),
                     "write_bytes_sec[/dev/sda]": str(scope / "libvirt" / "io.max")}
@@ -415,40 +357,41 @@ def test_domain_per_device_weight_refused_on_v2_with_systemd(tmp_path, active):
     # running guests and for definitions alike, before anything is written.
     fake = FakeHost(tmp_path, scheduler="[none] mq-deadline")
     fake.systemd.mkdir()
-    dom = FakeDomain("db1", active=active)
+    dom = domain_handle("db1", active=active)
     wanted = [domain_guest("db1", io_weight=500, devices=[{"path": "/dev/sda", "weight": 300}])]
     with pytest.raises(core.CgroupWeightError, match="per-device weight for /dev/sda is refused"
                                                      ".*libvirt 9.0 aborts.*use io_weight"):
-        core.plan(build(fake, FakeConn(dom), wanted))
+        core.plan(build(fake, fake_libvirt.connection(dom), wanted))
     assert dom.calls == []
 
 
 def test_domain_device_throttle_matches_the_same_disk_by_number(tmp_path):
     fake = FakeHost(tmp_path, version=1)
-    dom = FakeDomain("db1", active=False)
+    dom = domain_handle("db1", active=False)
     dom.blkio[2]["device_read_bytes_sec"] = "/dev/sda,500"
     device = {"path": "/dev/sda", "read_bytes_sec": 500}
-    planned = core.plan(build(fake, FakeConn(dom), [domain_guest("db1", devices=[device])]))
+    planned = core.plan(build(fake, fake_libvirt.connection(dom), [domain_guest("db1", devices=[device])]))
     assert [s.scope for _t, settings in planned for s in settings] == ["config"]
     assert not core.report(planned)[0]
     device["read_bytes_sec"] = 900
-    core.apply(core.plan(build(fake, FakeConn(dom), [domain_guest("db1", devices=[device])])))
+    core.apply(core.plan(build(fake, fake_libvirt.connection(dom), [domain_guest("db1", devices=[device])])))
     assert dom.calls == [("blkio", 2, {"device_read_bytes_sec": "/dev/sda,900"})]
 
 
 def test_domain_per_device_weight_refused_on_v1_bfq(tmp_path):
     fake = FakeHost(tmp_path, version=1)
-    dom = FakeDomain("db1")
+    dom = domain_handle("db1")
     guest = domain_guest("db1", devices=[{"path": "/dev/sda", "weight": 200}])
     with pytest.raises(core.CgroupWeightError, match="libvirt writes per-device weights"):
-        core.plan(build(fake, FakeConn(dom), [guest]))
+        core.plan(build(fake, fake_libvirt.connection(dom), [guest]))
 
 
 def test_domain_unknown_scope_and_duplicates(tmp_path):
     fake = FakeHost(tmp_path, version=1)
-    conn = FakeConn(FakeDomain("db1"), FakeDomain("web", active=False),
-                    FakeDomain("tmp", persistent=False))
-    with pytest.raises(core.CgroupWeightError, match="unknown guest nope.*known guests: db1, tmp, web"):
+    conn = fake_libvirt.connection(domain_handle("db1"), domain_handle("web", active=False),
+                                   domain_handle("tmp", persistent=False))
+    with pytest.raises(LibvirtError, match=r"guests\[\]\.name: no libvirt domain nope on this host \(give a "
+                                           r"name or UUID\); its domains: db1, tmp, web"):
         build(fake, conn, [domain_guest("nope", io_weight=10)])
     with pytest.raises(core.CgroupWeightError, match="web is not running"):
         build(fake, conn, [domain_guest("web", io_weight=10)], scope="live")
@@ -460,11 +403,11 @@ def test_domain_unknown_scope_and_duplicates(tmp_path):
 
 def test_failure_restores_what_was_written(tmp_path):
     fake = FakeHost(tmp_path, version=1)
-    first, second = FakeDomain("db1"), FakeDomain("db2")
+    first, second = domain_handle("db1"), domain_handle("db2")
     second.fail_on = "blkio"
-    planned = core.plan(build(fake, FakeConn(first, second),
+    planned = core.plan(build(fake, fake_libvirt.connection(first, second),
                               [domain_guest("db1", io_weight=800), domain_guest("db2", io_weight=800)]))
-    with pytest.raises(FakeLibvirtError):
+    with pytest.raises(fake_libvirt.libvirtError):
         core.apply(planned)
     assert first.blkio[1]["weight"] == 100 and first.blkio[2]["weight"] == 0
     assert first.calls[-1] == ("blkio", 1, {"weight": 100})

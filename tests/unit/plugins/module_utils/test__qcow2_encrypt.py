@@ -19,6 +19,7 @@ import pytest
 
 from ansible_collections.kvmsec.hardening.plugins.module_utils import _qcow2_encrypt as core
 from ansible_collections.kvmsec.hardening.plugins.module_utils._command import CommandError
+from ansible_collections.kvmsec.hardening.tests.unit.plugins.module_utils.fake_libvirt import FakeDomain, connection
 
 PASS = b"correct horse battery staple"
 FAST = 10  # ms of key derivation: plenty for tests, too little for production
@@ -618,34 +619,46 @@ DOMAIN = """<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qe
 UUID = "6a4f4b7e-7d4c-4a43-9d0e-3c1b1f0d2a10"
 
 
-def files(*paths):
-    return lambda source: source[0] == "file" and source[1] in paths
+def guest(xml_text, live=False):
+    """The domain as the libvirt layer reads it (defined, or running ``live``) from the one fake
+    libvirt, whose pool ``default`` holds vol.qcow2."""
+    conn = connection(FakeDomain("g", config_xml=xml_text, live_xml=xml_text if live else None),
+                      pools={"default": {"vol.qcow2": "/images/vol.qcow2"}})
+    return conn, conn.domains()[0]
 
 
 def test_encryption_is_added_to_the_disks_of_the_image():
-    new_xml, targets = core.with_encryption(DOMAIN, files("/images/vm.qcow2"), UUID, standalone=False)
+    new_xml, targets = core.with_encryption(guest(DOMAIN)[1], "/images/vm.qcow2", UUID, standalone=False)
     assert targets == ["vda"]
     disk = ET.fromstring(new_xml).find("./devices/disk")
     assert core.encryption_of(disk) == ("luks", UUID)
     assert disk.find("backingStore/source").get("file") == "/images/base.qcow2"
     assert "xmlns:qemu=" in new_xml and "<qemu:arg value=\"-S\" />" in new_xml
-    assert core.with_encryption(new_xml, files("/images/vm.qcow2"), UUID, False) == (None, [])
+    assert core.with_encryption(guest(new_xml)[1], "/images/vm.qcow2", UUID, False) == (None, [])
 
 
 def test_flattened_image_loses_its_stale_backing_store_and_legacy_encryption_is_replaced():
-    new_xml, targets = core.with_encryption(DOMAIN, files("/images/vm.qcow2", "/images/other.qcow2"),
-                                            UUID, standalone=True)
-    assert targets == ["vda", "vdb"]
-    vda, vdb = ET.fromstring(new_xml).findall("./devices/disk")[:2]
-    assert list(vda.find("backingStore")) == []
+    new_xml, targets = core.with_encryption(guest(DOMAIN)[1], "/images/vm.qcow2", UUID, standalone=True)
+    assert targets == ["vda"]
+    assert list(ET.fromstring(new_xml).find("./devices/disk/backingStore")) == []
+    new_xml, targets = core.with_encryption(guest(DOMAIN)[1], "/images/other.qcow2", UUID, standalone=True)
+    vdb = ET.fromstring(new_xml).findall("./devices/disk")[1]
+    assert targets == ["vdb"]
     assert core.encryption_of(vdb) == ("luks", UUID) and len(vdb.findall("encryption")) == 1
 
 
-def test_volume_disks_are_matched_through_the_resolver():
-    def is_vol(source):
-        return source == ("volume", ("default", "vol.qcow2"))
+def test_volume_disks_are_matched_through_their_pool():
+    assert core.with_encryption(guest(DOMAIN)[1], "/images/vol.qcow2", UUID, False)[1] == ["vdc"]
+    assert core.guest_disks(guest(DOMAIN)[0], "/images/vol.qcow2") == {"g": "no encryption"}
 
-    assert core.with_encryption(DOMAIN, is_vol, UUID, False)[1] == ["vdc"]
+
+def test_a_running_guest_uses_every_image_of_its_chain_a_defined_one_its_sources():
+    conn, dummy = guest(DOMAIN, live=True)
+    base = core.Usage(conn, "/images/base.qcow2")
+    assert base.running == ["g"] and base.defined == []
+    volume = core.Usage(conn, "/images/vol.qcow2")
+    assert volume.running == ["g"] and volume.defined == ["g"]
+    assert core.Usage(None, "/images/vm.qcow2").running == []
 
 
 def test_secret_definition_is_private_persistent_and_bound_to_the_image():

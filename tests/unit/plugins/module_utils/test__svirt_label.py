@@ -3,8 +3,8 @@
 The fixtures are text captured in the SELinux and AppArmor lab VMs (docs/lab.md): domain XML
 from ``virsh dumpxml`` (running and inactive), ``virsh capabilities``, ``/proc/PID/attr/current``
 of a guest's QEMU process and a libvirt AppArmor ``.files`` list. This machine's libvirt offers
-only the ``none`` and ``dac`` security models, so libvirt itself is replaced by a small fake
-connection with the methods the core calls; process files live in a tree under tmp_path.
+only the ``none`` and ``dac`` security models, so libvirt itself is replaced by the collection's
+one fake libvirt (``fake_libvirt.py``); process files live in a tree under tmp_path.
 Image labels are real ``security.selinux`` extended attributes on tmp files (root may set them
 without SELinux in the kernel). The lab tier runs the same code against a real host.
 """
@@ -15,7 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from ansible_collections.kvmsec.hardening.plugins.module_utils import _libvirt
 from ansible_collections.kvmsec.hardening.plugins.module_utils import _svirt_label as core
+from ansible_collections.kvmsec.hardening.tests.unit.plugins.module_utils.fake_libvirt import (
+    FakeDomain,
+    connection,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "svirt_label"
 UUID_A = "79c35b53-5239-4f31-92ab-1f8c92fa1984"
@@ -51,9 +56,13 @@ def uuid(n):
     return "00000000-0000-4000-8000-%012d" % n
 
 
+def disks_of(xml_text):
+    return core.image_disks(_libvirt.disks(xml_text), "selinux")
+
+
 def domain(name, n, seclabel="", running=None, kind="dynamic"):
     live = live_xml(name, uuid(n), running, kind) if running else None
-    item = core.Domain(name, uuid(n), config_xml(name, uuid(n), seclabel), live)
+    item = core.Domain(FakeDomain(name, uuid(n), config_xml(name, uuid(n), seclabel), live))
     if running:
         item.pid = 1000 + n
         item.process_label = "system_u:system_r:svirt_t:s0:" + running
@@ -141,7 +150,7 @@ def test_disks_and_per_disk_relabel_overrides():
     <disk type='block' device='disk'><source dev='/dev/sdz'><seclabel model='selinux' relabel='no'/>
       </source><target dev='vdc'/></disk>
   </devices>""")
-    assert core.disks(text, "selinux") == [
+    assert disks_of(text) == [
         {"target": "vda", "path": "/var/lib/libvirt/images/sv-a.qcow2", "readonly": False,
          "shareable": False, "relabel": True},
         {"target": "vdb", "path": "/img/shared.raw", "readonly": False, "shareable": True, "relabel": True},
@@ -157,7 +166,7 @@ def test_set_seclabel_replaces_only_its_model_and_keeps_the_rest():
     labels = core.seclabels(new)
     assert labels["selinux"]["label"] == desired["label"] and labels["selinux"]["imagelabel"] is None
     assert labels["dac"]["label"] == "+64055:+64055"
-    assert core.disks(new, "selinux") == core.disks(text, "selinux")
+    assert disks_of(new) == disks_of(text)
     assert "<name>sv-a</name>" in new
 
 
@@ -324,9 +333,9 @@ def test_a_guest_whose_categories_include_anothers_is_reported():
 
 
 def test_unknown_guest_lists_the_domains_of_the_host():
-    with pytest.raises(core.SvirtError) as caught:
+    with pytest.raises(_libvirt.LibvirtError) as caught:
         core.plan("selinux", [{"name": "zz"}], [domain("a", 1), domain("b", 2)])
-    assert "no libvirt domain 'zz' on this host (domains: a, b)" in str(caught.value)
+    assert "no libvirt domain zz on this host (give a name or UUID); its domains: a, b" in str(caught.value)
 
 
 def test_guests_can_be_named_by_uuid():
@@ -342,20 +351,23 @@ def host(tmp_path):
     return core.HostFiles(str(tmp_path))
 
 
-def running_on(host, item, image_label=None, process_label=None):
+def running_on(host, item, image_label=None, process_label=None, pools=None):
+    """The guest as read from libvirt (pools: its storage pools) once its QEMU process and
+    images exist in the host tree."""
+    fresh = connection(FakeDomain(item.name, item.uuid, item.config_xml, item.live_xml),
+                       pools=pools).domains(core.Domain)[0]
     root = Path(host.root)
     (root / "run/libvirt/qemu").mkdir(parents=True, exist_ok=True)
     (root / "run/libvirt/qemu" / (item.name + ".pid")).write_text("%d\n" % item.pid)
     attr = root / ("proc/%d/attr" % item.pid)
     attr.mkdir(parents=True)
     (attr / "current").write_bytes((process_label or item.process_label).encode() + b"\0")
-    for disk in core.disks(item.live_xml, "selinux"):
+    for disk in fresh.images("selinux"):
         image = Path(host.path(disk["path"]))
         image.parent.mkdir(parents=True, exist_ok=True)
         image.write_bytes(b"QFI\xfb")
         label = image_label or core.seclabel_for(item.live_xml, "selinux")["imagelabel"]
         os.setxattr(str(image), core.SELINUX_XATTR, label.encode() + b"\0")
-    fresh = core.Domain(item.name, item.uuid, item.config_xml, item.live_xml)
     core.observe(fresh, "selinux", host)
     return fresh
 
@@ -366,6 +378,18 @@ def test_a_correctly_confined_guest_reads_ok(host):
     report, fixes = core.check_selinux(item, "selinux", fix=True)
     assert report["problems"] == [] and fixes == []
     assert report["images"][0]["status"] == "ok"
+
+
+def test_the_image_of_a_pool_backed_disk_is_checked_like_a_file(host):
+    item = domain("a", 1, DYNAMIC, running="c7,c860")
+    item.live_xml = item.live_xml.replace("<disk type='file' device='disk'>", "<disk type='volume' device='disk'>").replace(
+        "<source file='/var/lib/libvirt/images/a.qcow2' index='1'/>", "<source pool='images' volume='a.qcow2' index='1'/>")
+    wrong = "system_u:object_r:svirt_image_t:s0:c1,c2"
+    item = running_on(host, item, image_label=wrong, pools={"images": {"a.qcow2": "/var/lib/libvirt/images/a.qcow2"}})
+    report, dummy = core.check_selinux(item, "selinux", fix=False)
+    assert [image["path"] for image in report["images"]] == ["/var/lib/libvirt/images/a.qcow2"]
+    assert report["problems"] == ["image /var/lib/libvirt/images/a.qcow2 is labelled %s, expected "
+                                  "system_u:object_r:svirt_image_t:s0:c7,c860" % wrong]
 
 
 def test_a_process_with_another_label_is_reported(host):
@@ -409,8 +433,8 @@ def test_an_unconfined_running_guest_is_a_problem(host):
 
 
 def apparmor_domain(process_label):
-    item = core.Domain("sv-a", "a1a98ad1-4a14-43a8-aa3d-e6543d3614ab",
-                       fixture("live-apparmor.xml"), fixture("live-apparmor.xml"))
+    item = core.Domain(FakeDomain("sv-a", "a1a98ad1-4a14-43a8-aa3d-e6543d3614ab",
+                                  fixture("live-apparmor.xml"), fixture("live-apparmor.xml")))
     item.pid = 573
     item.process_label = core.clean_label(process_label)
     item.apparmor_files = fixture("apparmor-profile.files")
@@ -472,49 +496,17 @@ def test_apparmor_reload_runs_apparmor_parser_with_an_argv_list():
 
 # ---------------------------------------------------------------- end to end through a fake libvirt
 
-class FakeLibvirt(object):
-    VIR_DOMAIN_XML_INACTIVE = 2
-    VIR_DOMAIN_XML_SECURE = 1
-
-
-class FakeHandle(object):
-    def __init__(self, item):
-        self.item = item
-
-    def name(self):
-        return self.item.name
-
-    def UUIDString(self):  # noqa: N802 - libvirt's spelling
-        return self.item.uuid
-
-    def isActive(self):  # noqa: N802
-        return self.item.active
-
-    def XMLDesc(self, flags):  # noqa: N802
-        return self.item.config_xml if flags & FakeLibvirt.VIR_DOMAIN_XML_INACTIVE else self.item.live_xml
-
-
-class FakeConn(object):
-    def __init__(self, items, capabilities=None):
-        self.items = items
-        self.capabilities = capabilities or fixture("capabilities-selinux.xml")
-        self.defined = []
-
-    def getCapabilities(self):  # noqa: N802
-        return self.capabilities
-
-    def listAllDomains(self, flags):  # noqa: N802
-        return [FakeHandle(item) for item in self.items]
-
-    def defineXML(self, xml):  # noqa: N802
-        self.defined.append(xml)
+def svirt_conn(items, capabilities=None):
+    """A libvirt connection whose domains are these items as they are now."""
+    return connection(*[FakeDomain(item.name, item.uuid, item.config_xml, item.live_xml) for item in items],
+                      capabilities=capabilities or fixture("capabilities-selinux.xml"))
 
 
 def test_evaluate_and_summary_report_every_domain(host):
     items = [running_on(host, domain("a", 1, DYNAMIC, running="c7,c860")), domain("b", 2),
              domain("c", 3, "<seclabel type='none' model='selinux'/>")]
-    conn = FakeConn(items)
-    evaluation = core.evaluate(conn, FakeLibvirt, {"guests": [{"name": "b", "type": "static"}]}, host)
+    conn = svirt_conn(items)
+    evaluation = core.evaluate(conn, {"guests": [{"name": "b", "type": "static"}]}, host)
     changed, result, warnings = core.summary(evaluation)
     assert changed and warnings == []
     assert result["model"] == "selinux"
@@ -522,15 +514,15 @@ def test_evaluate_and_summary_report_every_domain(host):
     assert result["domains"][0]["process_label"] == "system_u:system_r:svirt_t:s0:c7,c860"
     assert result["domains"][1]["categories"] == result["guests"][0]["categories"]
     assert result["problems"] == ["c: defined with type none: its QEMU process runs unconfined"]
-    core.apply(evaluation.plans, conn.defineXML, host, run=None)
-    assert len(conn.defined) == 1
+    core.apply(evaluation.plans, conn.define, host, run=None)
+    assert len(conn.conn.defined) == 1
     diff = core.diff(evaluation.plans)
     assert diff["before"] == "# b\n\n" and result["guests"][0]["label"] in diff["after"]
 
 
 def test_the_labels_report_is_written_only_when_it_differs(host, tmp_path):
     items = [running_on(host, domain("a", 1, DYNAMIC, running="c7,c860")), domain("b", 2)]
-    evaluation = core.evaluate(FakeConn(items), FakeLibvirt, {"guests": [{"name": "b", "type": "static"}]}, host)
+    evaluation = core.evaluate(svirt_conn(items), {"guests": [{"name": "b", "type": "static"}]}, host)
     _changed, result, _warnings = core.summary(evaluation)
     text = core.labels_report(result, host="kvm01")
     report = json.loads(text)
@@ -554,14 +546,13 @@ NO_LSM = ("<capabilities><host><secmodel><model>none</model><doi>0</doi></secmod
 
 
 @pytest.mark.parametrize("guests, message", [
-    ([{"name": "zz"}], "guests: no libvirt domain 'zz' on this host (domains: a, b); name each guest by the "
-                       "name or UUID of a defined domain"),
-    ([{"name": "a"}, {"name": "zz", "type": "static"}], "guests: no libvirt domain 'zz'"),
+    ([{"name": "zz"}], "guests[].name: no libvirt domain zz on this host (give a name or UUID); its domains: a, b"),
+    ([{"name": "a"}, {"name": "zz", "type": "static"}], "guests[].name: no libvirt domain zz "),
     ([{"name": "a"}], "no SELinux or AppArmor driver (security models: none, dac)"),
     ([], "no SELinux or AppArmor driver (security models: none, dac)"),
 ])
 def test_a_missing_guest_is_named_before_the_hosts_driver(host, guests, message):
-    conn = FakeConn([domain("a", 1), domain("b", 2)], capabilities=NO_LSM)
-    with pytest.raises(core.SvirtError) as caught:
-        core.evaluate(conn, FakeLibvirt, {"guests": guests}, host)
+    conn = svirt_conn([domain("a", 1), domain("b", 2)], capabilities=NO_LSM)
+    with pytest.raises((core.SvirtError, _libvirt.LibvirtError)) as caught:
+        core.evaluate(conn, {"guests": guests}, host)
     assert message in str(caught.value)
