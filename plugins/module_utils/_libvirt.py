@@ -40,12 +40,6 @@ def connect_message(uri, error):
             "this host uses" % (uri, error.get_error_message() if hasattr(error, "get_error_message") else error))
 
 
-def errors(conn):
-    """What a call through the layer can raise: LibvirtError, and libvirt's own error once a
-    connection is open."""
-    return (LibvirtError,) + ((conn.error,) if conn is not None else ())
-
-
 class Connection(object):
     """An open libvirt connection and the few calls the collection's modules make on it."""
 
@@ -95,6 +89,10 @@ class Connection(object):
     def define(self, xml_text):
         """Make xml_text the domain's persistent definition."""
         self.conn.defineXML(xml_text)
+
+    def nwfilters(self):
+        """The names of the network traffic filters libvirt has."""
+        return sorted(nwfilter.name() for nwfilter in self.conn.listAllNWFilters(0))
 
     def secret(self, uuid):
         """The secret with this UUID, or None when libvirt has none."""
@@ -171,6 +169,16 @@ def edited(xml_text, change):
     if change(root) is False:
         return None
     return ET.tostring(root, encoding="unicode")
+
+
+def redacted(xml_text):
+    """Domain XML fit for a result or a diff: console passwords, which the secure XML a definition is
+    written back from carries, are masked."""
+    def mask(root):
+        for graphics in root.iter("graphics"):
+            if "passwd" in graphics.attrib:
+                graphics.set("passwd", "********")
+    return edited(xml_text, mask)
 
 
 class Disk(object):

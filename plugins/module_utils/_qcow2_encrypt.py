@@ -87,6 +87,7 @@ class ImageInUse(Qcow2EncryptError):
     def __init__(self, message, users):
         super(ImageInUse, self).__init__(message)
         self.users = users
+        self.details = {"in_use_by": users}
 
 
 class Request(object):

@@ -49,3 +49,14 @@ def libvirt_connection(module, uri, reason=None, hint=""):
         return Connection(libvirt, uri)
     except LibvirtError as exc:
         module.fail_json(msg="%s%s" % (exc, hint))
+
+
+def libvirt_errors():
+    """What a call through the libvirt layer can raise: its LibvirtError and libvirt-python's own
+    error, when this Python has libvirt-python (or will, once libvirt_connection re-ran the
+    module under the system Python)."""
+    try:
+        import libvirt
+    except ImportError:
+        return (LibvirtError,)
+    return (LibvirtError, libvirt.libvirtError)

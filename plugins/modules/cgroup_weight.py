@@ -257,8 +257,9 @@ guests:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kvmsec.hardening.plugins.module_utils import _cgroup_weight as core
-from ansible_collections.kvmsec.hardening.plugins.module_utils._libvirt import URI_SPEC, errors
-from ansible_collections.kvmsec.hardening.plugins.module_utils._respawn import libvirt_connection
+from ansible_collections.kvmsec.hardening.plugins.module_utils._libvirt import URI_SPEC
+from ansible_collections.kvmsec.hardening.plugins.module_utils._respawn import libvirt_connection, libvirt_errors
+from ansible_collections.kvmsec.hardening.plugins.module_utils._runner import Plan, run
 
 
 DEVICE_SPEC = dict(
@@ -281,6 +282,17 @@ GUEST_SPEC = dict(
 )
 
 
+def decide(module):
+    guests = module.params["guests"]
+    conn = None
+    if any(guest["target"] == "domain" for guest in guests):
+        conn = libvirt_connection(module, module.params["uri"])
+    host = core.Host(version=module.params["cgroup_version"])
+    planned = core.plan(core.build_targets(guests, host, module.params["scope"], conn))
+    changed, results, diff = core.report(planned)
+    return Plan(changed, {"guests": results}, diff, core.notes(host, planned), lambda: core.apply(planned))
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
@@ -291,22 +303,8 @@ def main():
         ),
         supports_check_mode=True,
     )
-    guests = module.params["guests"]
-    conn = None
-    if any(guest["target"] == "domain" for guest in guests):
-        conn = libvirt_connection(module, module.params["uri"])
-    try:
-        host = core.Host(version=module.params["cgroup_version"])
-        targets = core.build_targets(guests, host, module.params["scope"], conn)
-        planned = core.plan(targets)
-        for note in core.notes(host, planned):
-            module.warn(note)
-        if not module.check_mode:
-            core.apply(planned)
-    except (core.CgroupWeightError, IOError, OSError) + errors(conn) as exc:
-        module.fail_json(msg="cgroup_weight: %s" % exc)
-    changed, results, diff = core.report(planned)
-    module.exit_json(changed=changed, guests=results, diff=diff)
+    run(module, lambda: decide(module), (core.CgroupWeightError, IOError, OSError) + libvirt_errors(),
+        "cgroup_weight", always_diff=True)
 
 
 if __name__ == "__main__":

@@ -151,8 +151,28 @@ reloaded:
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kvmsec.hardening.plugins.module_utils import _kernel_settings as core
 from ansible_collections.kvmsec.hardening.plugins.module_utils._command import module_runner
+from ansible_collections.kvmsec.hardening.plugins.module_utils._runner import Plan, run
 
 ROOT = "/"
+
+
+def decide(module):
+    params = module.params
+    plan = core.plan(ROOT, "kernel_settings", params["sysctl"], params["sysctl_file"], params["blacklist"],
+                     params["options"], params["modprobe_file"], params["reload_modules"])
+    result = dict(
+        live=[dict((key, change[key]) for key in ("name", "before", "after")) for change in plan.live],
+        files=[change["path"] for change in plan.files],
+        unsupported=plan.unsupported,
+        overridden=plan.overridden,
+        loaded=plan.loaded,
+        reload_required=[dict((key, item[key]) for key in ("module", "parameter", "running", "configured", "users"))
+                         for item in plan.reload_required],
+        reloaded=[dict((key, item[key]) for key in ("module", "parameter", "running", "configured"))
+                  for item in plan.reloads],
+    )
+    apply = (lambda: core.apply(plan, module_runner(module))) if plan.changed else None
+    return Plan(plan.changed, result, core.diff(plan, ROOT), core.warnings(plan), apply)
 
 
 def main():
@@ -167,30 +187,7 @@ def main():
         ),
         supports_check_mode=True,
     )
-    params = module.params
-    try:
-        plan = core.plan(ROOT, "kernel_settings", params["sysctl"], params["sysctl_file"],
-                         params["blacklist"], params["options"], params["modprobe_file"],
-                         params["reload_modules"])
-        if plan.changed and not module.check_mode:
-            core.apply(plan, module_runner(module))
-    except (core.KernelError, IOError, OSError) as exc:
-        module.fail_json(msg="kernel_settings: %s" % exc)
-    for warning in core.warnings(plan):
-        module.warn(warning)
-    module.exit_json(
-        changed=plan.changed,
-        diff=core.diff(plan, ROOT),
-        live=[dict((key, change[key]) for key in ("name", "before", "after")) for change in plan.live],
-        files=[change["path"] for change in plan.files],
-        unsupported=plan.unsupported,
-        overridden=plan.overridden,
-        loaded=plan.loaded,
-        reload_required=[dict((key, item[key]) for key in ("module", "parameter", "running", "configured", "users"))
-                         for item in plan.reload_required],
-        reloaded=[dict((key, item[key]) for key in ("module", "parameter", "running", "configured"))
-                  for item in plan.reloads],
-    )
+    run(module, lambda: decide(module), (core.KernelError, IOError, OSError), "kernel_settings", always_diff=True)
 
 
 if __name__ == "__main__":

@@ -127,6 +127,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.validation import check_type_dict
 from ansible_collections.kvmsec.hardening.plugins.module_utils import _files
 from ansible_collections.kvmsec.hardening.plugins.module_utils import _libvirt_conf as core
+from ansible_collections.kvmsec.hardening.plugins.module_utils._runner import Plan, run
 
 
 def leaked_secrets():
@@ -144,6 +145,31 @@ def leaked_secrets():
             # Ansible refuses it, but its invocation in the result shows it: hide all of it
             return {settings} if core.SECRET_RE.search(settings) else set()
     return core.leaked_secret_values(settings) if isinstance(settings, dict) else set()
+
+
+def decide(module):
+    path = module.params["path"]
+    try:
+        settings, secret_names = core.split_secrets(module.params["settings"], module.params["secret_settings"])
+        text = _files.read_text(path)
+        new_text, changes = core.plan(text, settings, secret_names)
+    except core.ConfError as exc:
+        raise core.ConfError("%s: %s" % (path, exc))
+    except (IOError, OSError) as exc:
+        raise core.ConfError("cannot read %s (is libvirt installed?): %s" % (path, exc))
+    result = dict(path=path, changes=changes)
+    diff = dict(before=core.masked(text, secret_names), after=core.masked(new_text, secret_names),
+                before_header=path, after_header=path)
+
+    def apply():
+        if module.params["backup"]:
+            result["backup_file"] = module.backup_local(path)
+        try:
+            _files.atomic_write(path, new_text)
+        except (IOError, OSError) as exc:
+            raise core.ConfError("cannot write %s: %s" % (path, exc))
+        return result
+    return Plan(new_text != text, result, diff, (), apply if new_text != text else None)
 
 
 def main():
@@ -165,29 +191,7 @@ def main():
         module.no_log_values.difference_update(core.leaves(module.params["settings"]) - leaked
                                                - core.leaves(module.params["secret_settings"]))
         module.no_log_values.update(leaked)
-    path = module.params["path"]
-    try:
-        settings, secret_names = core.split_secrets(module.params["settings"],
-                                                    module.params["secret_settings"])
-        text = _files.read_text(path)
-        new_text, changes = core.plan(text, settings, secret_names)
-    except core.ConfError as exc:
-        module.fail_json(msg="libvirt_conf: %s: %s" % (path, exc))
-    except (IOError, OSError) as exc:
-        module.fail_json(msg="libvirt_conf: cannot read %s (is libvirt installed?): %s" % (path, exc))
-    result = dict(changed=new_text != text, path=path, changes=changes)
-    if module._diff:
-        result["diff"] = dict(before=core.masked(text, secret_names),
-                              after=core.masked(new_text, secret_names),
-                              before_header=path, after_header=path)
-    if result["changed"] and not module.check_mode:
-        if module.params["backup"]:
-            result["backup_file"] = module.backup_local(path)
-        try:
-            _files.atomic_write(path, new_text)
-        except (IOError, OSError) as exc:
-            module.fail_json(msg="libvirt_conf: cannot write %s: %s" % (path, exc))
-    module.exit_json(**result)
+    run(module, lambda: decide(module), (core.ConfError,), "libvirt_conf")
 
 
 if __name__ == "__main__":

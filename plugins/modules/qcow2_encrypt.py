@@ -283,8 +283,9 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.text.converters import to_bytes
 from ansible_collections.kvmsec.hardening.plugins.module_utils import _qcow2_encrypt as core
 from ansible_collections.kvmsec.hardening.plugins.module_utils._command import CommandError, module_runner
-from ansible_collections.kvmsec.hardening.plugins.module_utils._libvirt import URI_SPEC, errors
-from ansible_collections.kvmsec.hardening.plugins.module_utils._respawn import libvirt_connection
+from ansible_collections.kvmsec.hardening.plugins.module_utils._libvirt import URI_SPEC
+from ansible_collections.kvmsec.hardening.plugins.module_utils._respawn import libvirt_connection, libvirt_errors
+from ansible_collections.kvmsec.hardening.plugins.module_utils._runner import Plan, run
 
 CIPHER_OPTIONS = dict((key, dict(type="str", choices=list(core.CIPHER_CHOICES[key]))) for key in core.CIPHER_KEYS)
 
@@ -358,6 +359,18 @@ def request(module, new, old):
         secret_uuid=secret.get("uuid"), attach_domains=secret.get("attach_domains", True))
 
 
+def decide(module):
+    """ensure() plans and, unless in check mode, converts: its result is the run's."""
+    # what is wrong with the input is said before anything about libvirt
+    new, old = passphrases(module)
+    conn = libvirt_conn(module)
+    if module.params["passphrase_libvirt_secret"]:
+        new = core.secret_value(conn, module.params["passphrase_libvirt_secret"])
+        hide(module, new)
+    result = core.ensure(module_runner(module), request(module, new, old), conn, module.check_mode)
+    return Plan(result.pop("changed"), result, result.pop("diff"), result.pop("warnings"))
+
+
 def main():
     module = AnsibleModule(
         argument_spec=argument_spec(),
@@ -366,25 +379,8 @@ def main():
         required_one_of=[["passphrase", "passphrase_file", "passphrase_libvirt_secret"]],
         supports_check_mode=True,
     )
-    conn = None
-    try:
-        # what is wrong with the input is said before anything about libvirt
-        new, old = passphrases(module)
-        conn = libvirt_conn(module)
-        if module.params["passphrase_libvirt_secret"]:
-            new = core.secret_value(conn, module.params["passphrase_libvirt_secret"])
-            hide(module, new)
-        result = core.ensure(module_runner(module), request(module, new, old), conn, module.check_mode)
-    except core.ImageInUse as exc:
-        module.fail_json(msg=str(exc), path=module.params["path"], in_use_by=exc.users)
-    except (core.Qcow2EncryptError, CommandError, IOError, OSError) + errors(conn) as exc:
-        module.fail_json(msg=str(exc), path=module.params["path"])
-    for warning in result.pop("warnings"):
-        module.warn(warning)
-    diff = result.pop("diff")
-    if module._diff:
-        result["diff"] = diff
-    module.exit_json(**result)
+    run(module, lambda: decide(module), (core.Qcow2EncryptError, CommandError, IOError, OSError) + libvirt_errors(),
+        "qcow2_encrypt")
 
 
 if __name__ == "__main__":

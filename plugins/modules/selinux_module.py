@@ -340,6 +340,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kvmsec.hardening.plugins.module_utils import _selinux_module as core
 from ansible_collections.kvmsec.hardening.plugins.module_utils._respawn import respawn_or_fail
 from ansible_collections.kvmsec.hardening.plugins.module_utils._command import CommandError, module_runner
+from ansible_collections.kvmsec.hardening.plugins.module_utils._runner import Plan, run
 
 try:
     import selinux
@@ -405,6 +406,22 @@ def specs_of(params):
     return [core.spec_from_params(params)]
 
 
+def decide(module):
+    """run_modules plans the one transaction and, unless in check mode, commits it."""
+    params = module.params
+    # bad input is reported as such, before anything about the host, in check mode too: the
+    # specs, their sources (readable, not empty, CIL syntax), state_dir and the numbers
+    sources = core.prepare(specs_of(params))
+    store = core.VersionStore(params["state_dir"], keep=params["keep_versions"])
+    core.check_priority(params["priority"])
+    manager = core.Manager(module_runner(module), find_tools(module), host_policy(), store, priority=params["priority"])
+    changed, modules, transaction, diff, warnings = core.run_modules(sources, manager, module.check_mode)
+    if not selinux.is_selinux_enabled():
+        warnings.append("SELinux is disabled at runtime: the policy store was read and changed, and "
+                        "the modules take effect when the host boots with SELinux enabled")
+    return Plan(changed, dict(modules=modules, transaction=transaction), diff, warnings)
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
@@ -422,24 +439,8 @@ def main():
     if selinux is None:
         respawn_or_fail(module, "selinux", "the SELinux Python bindings (Debian: python3-selinux; "
                         "RHEL: python3-libselinux)", SELINUX_IMPORT_ERROR)
-    params = module.params
-    try:
-        # bad input is reported as such, before anything about the host, in check mode too: the
-        # specs, their sources (readable, not empty, CIL syntax), state_dir and the numbers
-        sources = core.prepare(specs_of(params))
-        store = core.VersionStore(params["state_dir"], keep=params["keep_versions"])
-        core.check_priority(params["priority"])
-        manager = core.Manager(module_runner(module), find_tools(module), host_policy(), store,
-                               priority=params["priority"])
-        changed, modules, transaction, diff, warnings = core.run_modules(sources, manager, module.check_mode)
-    except (core.SelinuxModuleError, CommandError, IOError, OSError) as exc:
-        module.fail_json(msg="selinux_module: %s" % exc)
-    if not selinux.is_selinux_enabled():
-        warnings.append("SELinux is disabled at runtime: the policy store was read and changed, and "
-                        "the modules take effect when the host boots with SELinux enabled")
-    for warning in warnings:
-        module.warn(warning)
-    module.exit_json(changed=changed, modules=modules, transaction=transaction, diff=diff)
+    run(module, lambda: decide(module), (core.SelinuxModuleError, CommandError, IOError, OSError), "selinux_module",
+        always_diff=True)
 
 
 if __name__ == "__main__":

@@ -273,8 +273,9 @@ report_written:
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kvmsec.hardening.plugins.module_utils import _svirt_label as core
 from ansible_collections.kvmsec.hardening.plugins.module_utils._command import CommandError, module_runner
-from ansible_collections.kvmsec.hardening.plugins.module_utils._libvirt import URI_SPEC, errors
-from ansible_collections.kvmsec.hardening.plugins.module_utils._respawn import libvirt_connection
+from ansible_collections.kvmsec.hardening.plugins.module_utils._libvirt import URI_SPEC
+from ansible_collections.kvmsec.hardening.plugins.module_utils._respawn import libvirt_connection, libvirt_errors
+from ansible_collections.kvmsec.hardening.plugins.module_utils._runner import Plan, run
 
 
 GUEST_SPEC = dict(
@@ -284,6 +285,28 @@ GUEST_SPEC = dict(
     categories=dict(type="str"),
     relabel=dict(type="bool", default=True),
 )
+
+
+def decide(module):
+    params = module.params
+    host = core.HostFiles()
+    # bad requests are refused before libvirt is asked
+    core.check_requests(params["guests"], None if params["model"] == "auto" else params["model"],
+                        params["allow_unconfined"])
+    conn = libvirt_connection(module, params["uri"])
+    evaluation = core.evaluate(conn, params, host)
+    changed, result, warnings = core.summary(evaluation)
+    result["report_written"] = False
+
+    def apply():
+        core.apply(evaluation.plans, conn.define, host, module_runner(module))
+        if params["report_path"]:
+            try:
+                result["report_written"] = core.write_report(params["report_path"], core.labels_report(result))
+            except (IOError, OSError) as exc:
+                raise core.SvirtError("report_path %s: %s" % (params["report_path"], exc))
+        return result
+    return Plan(changed, result, core.diff(evaluation.plans), warnings, apply)
 
 
 def main():
@@ -298,30 +321,8 @@ def main():
         ),
         supports_check_mode=True,
     )
-    host = core.HostFiles()
-    model = module.params["model"]
-    conn = None
-    try:
-        core.check_requests(module.params["guests"], None if model == "auto" else model,
-                            module.params["allow_unconfined"])
-        conn = libvirt_connection(module, module.params["uri"])
-        evaluation = core.evaluate(conn, module.params, host)
-        if not module.check_mode:
-            core.apply(evaluation.plans, conn.define, host, module_runner(module))
-    except (core.SvirtError, CommandError, IOError, OSError) + errors(conn) as exc:
-        module.fail_json(msg="svirt_label: %s" % exc)
-    changed, result, warnings = core.summary(evaluation)
-    result["report_written"] = False
-    if module.params["report_path"] and not module.check_mode:
-        try:
-            result["report_written"] = core.write_report(module.params["report_path"],
-                                                         core.labels_report(result))
-        except (IOError, OSError) as exc:
-            module.fail_json(msg="svirt_label: report_path %s: %s" % (module.params["report_path"], exc),
-                             **result)
-    for warning in warnings:
-        module.warn(warning)
-    module.exit_json(changed=changed, diff=core.diff(evaluation.plans), **result)
+    run(module, lambda: decide(module), (core.SvirtError, CommandError, IOError, OSError) + libvirt_errors(),
+        "svirt_label", always_diff=True)
 
 
 if __name__ == "__main__":

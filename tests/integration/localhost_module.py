@@ -10,6 +10,22 @@ ROOT = Path(__file__).resolve().parents[2]
 ANSIBLE = str(ROOT / ".venv" / "bin" / "ansible")
 VENV_PYTHON = str(ROOT / ".venv" / "bin" / "python")
 RESULT = re.compile(r"^localhost \| [A-Z!]+ => ", re.M)
+TCG_GUEST_XML = """<domain type='qemu'>
+  <name>{name}</name>
+  <memory unit='MiB'>32</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+{devices}
+  </devices>
+</domain>
+"""
+
+
+def tcg_guest_xml(name, devices):
+    """A TCG guest with no OS and the given devices: enough for libvirt to define and start it."""
+    return TCG_GUEST_XML.format(name=name, devices=devices)
 
 
 def run_module(name, args, *flags, interpreter=VENV_PYTHON, timeout=300):

@@ -17,7 +17,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from localhost_module import VENV_PYTHON, run_module
+from localhost_module import VENV_PYTHON, run_module, tcg_guest_xml
 
 from ansible_collections.kvmsec.hardening.plugins.module_utils._cgroup_weight import (
     qemu_processes,
@@ -30,18 +30,7 @@ BLKIO = "/sys/fs/cgroup/blkio"
 CPU = "/sys/fs/cgroup/cpu"
 UNIFIED = "/sys/fs/cgroup/unified"
 
-DOMAIN_XML = """<domain type='qemu'>
-  <name>{name}</name>
-  <memory unit='MiB'>32</memory>
-  <vcpu>1</vcpu>
-  <os><type arch='x86_64' machine='pc'>hvm</type></os>
-  <devices>
-    <emulator>/usr/bin/qemu-system-x86_64</emulator>
-    <video><model type='none'/></video>
-    <memballoon model='none'/>
-  </devices>
-</domain>
-"""
+DEVICES = "    <video><model type='none'/></video>\n    <memballoon model='none'/>"
 
 
 def virsh(uri, *args, check=True):
@@ -60,7 +49,7 @@ def guests(libvirtd, tmp_path):
     def make(suffix, start=True, persistent=True):
         name = PREFIX + suffix
         xml = tmp_path / (name + ".xml")
-        xml.write_text(DOMAIN_XML.format(name=name))
+        xml.write_text(tcg_guest_xml(name, DEVICES))
         made.append(name)
         if not persistent:
             virsh(libvirtd, "create", str(xml))

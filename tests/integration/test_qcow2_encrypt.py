@@ -254,7 +254,7 @@ def test_guest_in_use_then_unattended_start_with_a_private_secret(images, guests
     guests.secrets.append(secret)
     status, result, dummy = module(encrypt_args(image), images)
     assert status == "FAILED!" and result["msg"] == (
-        "%s is in use by running libvirt guest %s; stop it first" % (image, name))
+        "qcow2_encrypt: %s is in use by running libvirt guest %s; stop it first" % (image, name))
     assert result["in_use_by"] == [name]
     status, result, output = module(encrypt_args(image, when_in_use="skip"), images)
     assert status == "SUCCESS" and result["skipped_changes"] == ["encrypt the plain image with LUKS"]
@@ -318,7 +318,7 @@ def test_an_unreadable_passphrase_file_is_named_before_libvirt_is_asked(images):
         args[option] = str(images / "no-such-file")
         status, result, dummy = module(args, images)
         assert status == "FAILED!" and result["msg"] == (
-            "%s %s cannot be read (No such file or directory): give the path of a readable file on the managed"
+            "qcow2_encrypt: %s %s cannot be read (No such file or directory): give the path of a readable file on the managed"
             " host that holds the passphrase" % (option, images / "no-such-file"))
     assert listing(images) == before
 

@@ -6,6 +6,8 @@ each with libvirt's behaviour: lookups of what does not exist raise libvirtError
 error code, XMLDesc honours the inactive flag, volumes live in pools.
 """
 
+import xml.etree.ElementTree as ET
+
 from ansible_collections.kvmsec.hardening.plugins.module_utils import _libvirt
 
 VIR_ERR_NO_DOMAIN = 42
@@ -77,6 +79,14 @@ class FakeDomain(object):
         self.sched[flag].update(params)
 
 
+class FakeNWFilter(object):
+    def __init__(self, name):
+        self._name = name
+
+    def name(self):
+        return self._name
+
+
 class FakeVolume(object):
     def __init__(self, path):
         self._path = path
@@ -99,11 +109,13 @@ class FakeConn(object):
     """A connection: domains, capabilities, pools ({pool: {volume: path}}) and what was defined."""
 
     def __init__(self, domains=(), capabilities="<capabilities><host/></capabilities>", pools=None,
-                 uri="qemu:///system"):
+                 uri="qemu:///system", nwfilters=("clean-traffic",), refuse_define=None):
         self.handles = list(domains)
         self.capabilities = capabilities
         self.pools = pools or {}
         self.uri = uri
+        self.filters = list(nwfilters)
+        self.refuse_define = refuse_define
         self.defined = []
 
     def listAllDomains(self, _flags):  # noqa: N802
@@ -128,7 +140,22 @@ class FakeConn(object):
         return self.capabilities
 
     def defineXML(self, xml_text):  # noqa: N802
+        """Like libvirt: the definition of the domain with that name (or a new one) becomes xml_text."""
+        if self.refuse_define and self.refuse_define in xml_text:
+            raise libvirtError("XML error: refused %s" % self.refuse_define)
         self.defined.append(xml_text)
+        name = ET.fromstring(xml_text).findtext("name")
+        for handle in self.handles:
+            if handle.name() == name:
+                handle.config_xml = xml_text
+                return handle
+        handle = FakeDomain(name, ET.fromstring(xml_text).findtext("uuid") or "00000000-0000-4000-8000-00000000ffff",
+                            config_xml=xml_text)
+        self.handles.append(handle)
+        return handle
+
+    def listAllNWFilters(self, _flags):  # noqa: N802
+        return [FakeNWFilter(name) for name in self.filters]
 
     def storagePoolLookupByName(self, name):  # noqa: N802
         if name not in self.pools:

@@ -97,12 +97,6 @@ def test_a_connection_that_fails_says_how_to_fix_it():
         "to the connection this host uses")
 
 
-def test_errors_are_ours_until_a_connection_is_open():
-    assert _libvirt.errors(None) == (_libvirt.LibvirtError,)
-    conn = connection()
-    assert _libvirt.errors(conn) == (_libvirt.LibvirtError, conn.error)
-
-
 def test_an_edit_keeps_what_it_does_not_touch_and_nothing_is_written_for_no_change():
     text = fixture("inactive-volume.xml").replace(
         "<domain type='qemu'>",
