@@ -37,7 +37,7 @@ class LibvirtError(Exception):
 def connect_message(uri, error):
     return ("cannot connect to libvirt at %s (%s): start the libvirt daemon or its socket "
             "(libvirtd, or virtqemud with the modular daemons), or set uri to the connection "
-            "this host uses" % (uri, error.get_error_message() if hasattr(error, "get_error_message") else error))
+            "this host uses" % (uri, error))
 
 
 class Connection(object):
