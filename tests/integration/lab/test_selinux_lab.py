@@ -231,11 +231,12 @@ def changed_count(proc, vm):
 
 
 def test_role_check_mode_predicts_the_run_that_makes_libvirt_start_guests(vm):
-    # a permissive host with the lab's own modules and two new image directories: check mode must
-    # show every change (setenforce, module removals and the role's module, booleans, semanage
-    # import, restorecon), touch nothing, and match the real run. One check and one real run, each
-    # a minute or more here; the role's second-run idempotence is Molecule's idempotence step.
-    vm.ssh("setenforce 0 && mkdir -p /srv/kvmsec-images /srv/kvmsec-more"
+    # a permissive host with the lab's own modules, two new image directories and a boolean
+    # turned on at runtime only: check mode must show every change (setenforce, module removals
+    # and the role's module, booleans at boot and now, file context rules, relabels), touch
+    # nothing, and match the real run. One check and one real run, each a minute or more here;
+    # the role's second-run idempotence is Molecule's idempotence step.
+    vm.ssh("setenforce 0 && setsebool virt_use_comm on && mkdir -p /srv/kvmsec-images /srv/kvmsec-more"
            " && touch /srv/kvmsec-images/disk.qcow2 /srv/kvmsec-more/disk.qcow2")
     extra = {
         "selinux_image_dirs": [{"path": "/srv/kvmsec-images"}, {"path": "/srv/kvmsec-more"}],
@@ -245,22 +246,27 @@ def test_role_check_mode_predicts_the_run_that_makes_libvirt_start_guests(vm):
     }
     playbook = ROOT / "tests" / "integration" / "lab" / "selinux-role.yml"
     before = store_state(vm)
-    checked = vm.playbook(playbook, extra_vars=extra, check=True)
+    checked = vm.playbook(playbook, extra_vars=extra, check=True, diff=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert getenforce(vm) == "Permissive"
     assert store_state(vm) == before
     assert "kvmsec-more" not in vm.ssh("semanage fcontext --list --locallist").stdout
     assert ":virt_image_t:" not in vm.ssh("ls -Z /srv/kvmsec-more/disk.qcow2").stdout
 
+    assert "boolean virt_use_comm: on now, off at boot" in checked.stdout
+
     real = vm.playbook(playbook, extra_vars=extra)
     assert real.returncode == 0, real.stdout + real.stderr
     assert changed_count(checked, vm) == changed_count(real, vm) > 0, checked.stdout
+    # three transactions: the booleans at boot, the two rules, the modules (virt_use_comm was
+    # only set in the running kernel, without one)
+    assert store_state(vm)[0] == before[0] + 3
     assert "skipped: staff_use_svirt" in real.stdout          # Debian's policy lacks it
     assert getenforce(vm) == "Enforcing"
     assert "SELINUX=enforcing" in vm.ssh("grep ^SELINUX= /etc/selinux/config").stdout
     assert set(listed(vm)) == {"kvmsec_libvirt"}
-    assert vm.ssh("getsebool virt_use_execmem virt_use_nfs").stdout.split("\n")[:2] == [
-        "virt_use_execmem --> on", "virt_use_nfs --> off"]
+    assert vm.ssh("getsebool virt_use_comm virt_use_execmem virt_use_nfs").stdout.split("\n")[:3] == [
+        "virt_use_comm --> off", "virt_use_execmem --> on", "virt_use_nfs --> off"]
     for directory in ("kvmsec-images", "kvmsec-more"):
         assert ":virt_image_t:" in vm.ssh("ls -Z /srv/%s/disk.qcow2" % directory).stdout
 
