@@ -250,6 +250,28 @@ def service_states(names, run, systemctl):
     return states
 
 
+def missing_packages(names, root="/", run=None, rpm=None):
+    """The packages of NAMES that are not installed, in their order.
+
+    dpkg's status file is read directly (no command); on rpm hosts ``rpm -q`` prints the names
+    it has. With neither, every package counts as missing, so the caller installs them all.
+    """
+    status = _read(root, "var/lib/dpkg/status", None)
+    if status is not None:
+        installed = set()
+        for stanza in status.split("\n\n"):
+            fields = dict(line.split(": ", 1) for line in stanza.splitlines()
+                          if ": " in line and not line.startswith(" "))
+            if fields.get("Status", "").endswith(" installed"):
+                installed.add(fields.get("Package"))
+    elif names and run and rpm:
+        dummy, stdout, dummy = run([rpm, "-q", "--queryformat", "%{NAME}\n"] + list(names))
+        installed = set(line.strip() for line in stdout.splitlines())
+    else:
+        installed = set()
+    return [name for name in names if name not in installed]
+
+
 def readiness_problems(facts, allow_emulation):
     """Why this host cannot be treated as a KVM host; empty when it can."""
     problems = []

@@ -20,12 +20,16 @@ description:
     security-relevant configuration options, UEFI Secure Boot, kernel lockdown, module signature
     enforcement and nested virtualization.
   - Optionally fails with the reasons when the host cannot run KVM guests.
+  - Optionally says which of a list of packages are not installed, so that a caller installs only
+    those, and pays no package manager run when none is missing.
   - Changes nothing on the host.
 author: kvmsec.hardening developers (@kvmsec)
 options:
   require_kvm_host:
     description:
       - Fail, listing every reason, when the host is not a usable KVM/libvirt host.
+      - Not applied while a package of O(packages) is missing - the host cannot be usable before
+        its packages are installed; the caller installs RV(packages_missing) and asks again.
     type: bool
     default: false
   allow_emulation:
@@ -38,6 +42,14 @@ options:
     description:
       - systemd units whose state to read, for example C(libvirtd) - returned in RV(services).
       - Read with C(systemctl show); on a host without systemctl their states are null.
+    type: list
+    elements: str
+    default: []
+  packages:
+    description:
+      - Packages the host should have; those not installed are returned in RV(packages_missing).
+      - Read from dpkg's status file on Debian-family hosts and with C(rpm -q) on rpm hosts; on a
+        host with neither, every package counts as missing.
     type: list
     elements: str
     default: []
@@ -139,6 +151,12 @@ services:
   returned: always
   type: dict
   sample: {"libvirtd": {"enabled": true, "active": true}}
+packages_missing:
+  description: The packages of O(packages) that are not installed, in their order.
+  returned: always
+  type: list
+  elements: str
+  sample: ["qemu-utils"]
 problems:
   description: Why the host is not a usable KVM host; empty when it is.
   returned: always
@@ -157,17 +175,22 @@ def main():
             require_kvm_host=dict(type="bool", default=False),
             allow_emulation=dict(type="bool", default=False),
             services=dict(type="list", elements="str", default=[]),
+            packages=dict(type="list", elements="str", default=[]),
         ),
         supports_check_mode=True,
     )
+    run = module_runner(module)
+    missing = _host_facts.missing_packages(module.params["packages"], run=run,
+                                           rpm=module.get_bin_path("rpm"))
     facts = _host_facts.gather()
     problems = _host_facts.readiness_problems(facts, module.params["allow_emulation"])
-    if problems and module.params["require_kvm_host"]:
+    if problems and module.params["require_kvm_host"] and not missing:
         module.fail_json(msg="This host cannot run KVM guests: " + "; ".join(problems),
-                         host=facts, problems=problems)
+                         host=facts, problems=problems, packages_missing=missing)
     systemctl = module.get_bin_path("systemctl")
-    services = _host_facts.service_states(module.params["services"], module_runner(module), systemctl)
-    module.exit_json(changed=False, host=facts, services=services, problems=problems)
+    services = _host_facts.service_states(module.params["services"], run, systemctl)
+    module.exit_json(changed=False, host=facts, services=services, problems=problems,
+                     packages_missing=missing)
 
 
 if __name__ == "__main__":

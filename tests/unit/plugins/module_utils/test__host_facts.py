@@ -221,3 +221,52 @@ def test_lockdown_signature_enforcement_and_nested_virtualization(tmp_path):
     assert facts["uefi"] is False and facts["secure_boot"] is None
     bare = _host_facts.gather(make_tree(tmp_path / "bare", {}))
     assert bare["lockdown"] is None and bare["module_sig_enforce"] is None and bare["nested"] == {}
+
+
+# shaped like Debian's /var/lib/dpkg/status: a removed package keeps its configuration files
+# (deinstall ok config-files), a multi-arch library has one stanza per architecture, and a
+# Description continues on indented lines that may hold ": "
+DPKG_STATUS = """Package: libvirt-daemon-system
+Status: install ok installed
+Architecture: amd64
+Description: Libvirt daemon configuration files
+ Note: the daemon itself is in libvirt-daemon.
+
+Package: auditd
+Status: deinstall ok config-files
+Architecture: amd64
+
+Package: libc6
+Status: install ok installed
+Architecture: i386
+
+Package: libc6
+Status: install ok installed
+Architecture: amd64
+"""
+
+
+def test_missing_packages_from_dpkg_status(tmp_path):
+    root = make_tree(tmp_path, {"var/lib/dpkg/status": DPKG_STATUS})
+    names = ["libvirt-daemon-system", "auditd", "libc6", "qemu-utils"]
+    assert _host_facts.missing_packages(names, root) == ["auditd", "qemu-utils"]
+    assert _host_facts.missing_packages([], root) == []
+
+
+def test_missing_packages_on_this_machine():
+    """This Debian machine's real dpkg database: dpkg is installed, the other name exists nowhere."""
+    assert _host_facts.missing_packages(["dpkg", "kvmsec-no-such-package"]) == ["kvmsec-no-such-package"]
+
+
+def test_missing_packages_through_rpm_and_without_a_package_manager(tmp_path):
+    calls = []
+
+    def run(argv):
+        calls.append(argv)
+        # rpm -q prints the names it has and a sentence for each one it does not
+        return 1, "libvirt-daemon\npackage qemu-img is not installed\n", ""
+
+    root = str(tmp_path)
+    assert _host_facts.missing_packages(["libvirt-daemon", "qemu-img"], root, run, "/usr/bin/rpm") == ["qemu-img"]
+    assert calls == [["/usr/bin/rpm", "-q", "--queryformat", "%{NAME}\n", "libvirt-daemon", "qemu-img"]]
+    assert _host_facts.missing_packages(["libvirt-daemon"], root) == ["libvirt-daemon"]
