@@ -122,7 +122,7 @@ def lab_vm():
 @pytest.fixture(scope="session")
 def selinux_vm():
     """One SELinux-enforcing VM without an IOMMU, shared by the lab files that run in this order:
-    test_selinux_lab (policy modules, the selinux role), test_svirt_lab (labels, isolation) and
+    test_selinux_lab (policy modules), test_svirt_lab (labels, isolation) and
     the IOMMU-off refusal of test_vfio_bind, which stops it (one lab VM at a time). A boot costs
     about a minute of the CI budget; each file leaves the host enforcing, with its policy modules
     and guests, and none needs a pristine one. Run alone, a file boots it itself.

@@ -1,4 +1,4 @@
-"""selinux_module and the selinux role on the real SELinux-enforcing lab host.
+"""selinux_module on the real SELinux-enforcing lab host.
 
 One VM for the whole file (conftest's selinux_vm, which test_svirt_lab goes on using), and the
 tests run in file order building on each other: a policy transaction costs 30-60 s in the
@@ -11,11 +11,8 @@ many transactions ran.
 """
 
 import json
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[3]
 STORE = "/var/lib/selinux/default/active"
 STATE_DIR = "/var/lib/kvmsec/selinux_modules"
 SRC = "/root/kvmsec-src"
@@ -223,59 +220,6 @@ def test_a_real_denial_becomes_a_module_and_the_action_succeeds(vm):
 
 def getenforce(vm):
     return vm.ssh("getenforce").stdout.strip()
-
-
-def changed_count(proc, vm):
-    recap = [line for line in proc.stdout.splitlines() if line.startswith(vm.name)][-1]
-    return int(recap.split("changed=")[1].split()[0])
-
-
-def test_role_check_mode_predicts_the_run_that_makes_libvirt_start_guests(vm):
-    # a permissive host with the lab's own modules, two new image directories and a boolean
-    # turned on at runtime only: check mode must show every change (setenforce, module removals
-    # and the role's module, booleans at boot and now, file context rules, relabels), touch
-    # nothing, and match the real run. One check and one real run, each a minute or more here;
-    # the role's second-run idempotence is Molecule's idempotence step.
-    vm.ssh("setenforce 0 && setsebool virt_use_comm on && mkdir -p /srv/kvmsec-images /srv/kvmsec-more"
-           " && touch /srv/kvmsec-images/disk.qcow2 /srv/kvmsec-more/disk.qcow2")
-    extra = {
-        "selinux_image_dirs": [{"path": "/srv/kvmsec-images"}, {"path": "/srv/kvmsec-more"}],
-        # the lab's own modules go, so only the role's module lets the guest start
-        "selinux_local_modules": [{"name": name, "state": "absent"}
-                                  for name in ("kvmsec_avc", "kvmsec_ta", "kvmsec_tb")],
-    }
-    playbook = ROOT / "tests" / "integration" / "lab" / "selinux-role.yml"
-    before = store_state(vm)
-    checked = vm.playbook(playbook, extra_vars=extra, check=True, diff=True)
-    assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert getenforce(vm) == "Permissive"
-    assert store_state(vm) == before
-    assert "kvmsec-more" not in vm.ssh("semanage fcontext --list --locallist").stdout
-    assert ":virt_image_t:" not in vm.ssh("ls -Z /srv/kvmsec-more/disk.qcow2").stdout
-
-    assert "boolean virt_use_comm: on now, off at boot" in checked.stdout
-
-    real = vm.playbook(playbook, extra_vars=extra)
-    assert real.returncode == 0, real.stdout + real.stderr
-    assert changed_count(checked, vm) == changed_count(real, vm) > 0, checked.stdout
-    # three transactions: the booleans at boot, the two rules, the modules (virt_use_comm was
-    # only set in the running kernel, without one)
-    assert store_state(vm)[0] == before[0] + 3
-    assert "skipped: staff_use_svirt" in real.stdout          # Debian's policy lacks it
-    assert getenforce(vm) == "Enforcing"
-    assert "SELINUX=enforcing" in vm.ssh("grep ^SELINUX= /etc/selinux/config").stdout
-    assert set(listed(vm)) == {"kvmsec_libvirt"}
-    assert vm.ssh("getsebool virt_use_comm virt_use_execmem virt_use_nfs").stdout.split("\n")[:3] == [
-        "virt_use_comm --> off", "virt_use_execmem --> on", "virt_use_nfs --> off"]
-    for directory in ("kvmsec-images", "kvmsec-more"):
-        assert ":virt_image_t:" in vm.ssh("ls -Z /srv/%s/disk.qcow2" % directory).stdout
-
-    vm.ssh("virsh start %s" % GUEST)
-    try:
-        label = vm.ssh("ps -eZ | grep qemu-system").stdout
-        assert "system_u:system_r:svirt_t:s0:c" in label
-    finally:
-        vm.ssh("virsh destroy %s" % GUEST)
 
 
 def test_state_dir_keeps_every_version_with_its_history(vm):
