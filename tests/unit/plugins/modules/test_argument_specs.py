@@ -9,12 +9,13 @@ import importlib
 import re
 
 import pytest
+import yaml
 from ansible.module_utils import basic
 
 from ansible_collections.kvmsec.hardening.plugins.module_utils._libvirt import URI_SPEC
 
 # control_results runs as an action plugin on the controller: its module file is documentation
-MODULES = ["apparmor_profiles", "cgroup_weight", "guest_policy", "kernel_settings", "kvm_host_info",
+MODULES = ["apparmor_profiles", "audit_rules", "cgroup_weight", "guest_policy", "kernel_settings", "kvm_host_info",
            "libvirt_conf", "qcow2_encrypt", "selinux_module", "selinux_settings", "svirt_label", "vfio_bind"]
 LIBVIRT_MODULES = ["cgroup_weight", "guest_policy", "qcow2_encrypt", "svirt_label"]
 # options whose values are secrets themselves, not the name of where one is kept
@@ -71,3 +72,15 @@ def test_every_libvirt_module_has_the_one_uri_option(name, monkeypatch):
     spec, dummy = spec_of(name, monkeypatch)
     assert spec["uri"] == URI_SPEC["uri"]
     assert not [option for option in spec if option.endswith("_uri")]
+
+
+# keys of a task's result that Ansible itself reads: a module returning "skipped" (a list of what
+# it left out, say) makes Ansible report the task as skipped and the control as passing
+RESERVED_RESULT_KEYS = {"changed", "failed", "skipped", "unreachable", "results", "ansible_facts"}
+
+
+@pytest.mark.parametrize("name", MODULES + ["control_results"])
+def test_no_module_returns_a_key_ansible_reads_as_its_own(name):
+    module = importlib.import_module("ansible_collections.kvmsec.hardening.plugins.modules." + name)
+    returned = yaml.safe_load(module.RETURN) or {}
+    assert not RESERVED_RESULT_KEYS & set(returned), sorted(RESERVED_RESULT_KEYS & set(returned))
