@@ -231,11 +231,12 @@ def gather(root="/"):
 
 
 def service_states(names, run, systemctl):
-    """{name: {"enabled": bool, "active": bool}} of systemd units, or nulls without systemctl.
+    """{name: {"enabled": bool, "active": bool, "masked": bool}} of systemd units, or nulls
+    without systemctl.
 
     ``systemctl show`` prints one block of properties per unit, in the order given.
     """
-    unknown = dict((name, {"enabled": None, "active": None}) for name in names)
+    unknown = dict((name, {"enabled": None, "active": None, "masked": None}) for name in names)
     if not names or not systemctl:
         return unknown
     rc, stdout, _stderr = run([systemctl, "show", "--property=UnitFileState,ActiveState", "--"] + list(names))
@@ -246,7 +247,8 @@ def service_states(names, run, systemctl):
     for name, block in zip(names, blocks):
         values = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
         states[name] = {"enabled": values.get("UnitFileState") == "enabled",
-                        "active": values.get("ActiveState") == "active"}
+                        "active": values.get("ActiveState") == "active",
+                        "masked": values.get("UnitFileState") == "masked"}
     return states
 
 

@@ -147,10 +147,11 @@ host:
 services:
   description:
     - The units of O(services), by the name given - C(enabled) (the unit file state is
-      C(enabled)) and C(active) (the unit runs); null for both when systemd cannot say.
+      C(enabled)), C(active) (the unit runs) and C(masked) (the unit file state is C(masked) -
+      nothing can start it); null for all three when systemd cannot say.
   returned: always
   type: dict
-  sample: {"libvirtd": {"enabled": true, "active": true}}
+  sample: {"libvirtd": {"enabled": true, "active": true, "masked": false}}
 packages_missing:
   description: The packages of O(packages) that are not installed, in their order.
   returned: always

@@ -108,7 +108,8 @@ def test_gather_on_this_machine_is_consistent():
 # virtlogd is socket-activated
 SYSTEMCTL_SHOW = ("ActiveState=active\nUnitFileState=enabled\n\n"
                   "ActiveState=inactive\nUnitFileState=\n\n"
-                  "ActiveState=inactive\nUnitFileState=indirect\n")
+                  "ActiveState=inactive\nUnitFileState=indirect\n\n"
+                  "ActiveState=inactive\nUnitFileState=masked\n")
 
 
 def test_service_states_from_systemctl_show():
@@ -118,12 +119,14 @@ def test_service_states_from_systemctl_show():
         calls.append(argv)
         return 0, SYSTEMCTL_SHOW, ""
 
-    states = _host_facts.service_states(["libvirtd", "nosuch", "virtlogd"], run, "/usr/bin/systemctl")
+    states = _host_facts.service_states(["libvirtd", "nosuch", "virtlogd", "libvirtd-tcp.socket"], run,
+                                        "/usr/bin/systemctl")
     assert calls == [["/usr/bin/systemctl", "show", "--property=UnitFileState,ActiveState", "--",
-                      "libvirtd", "nosuch", "virtlogd"]]
-    assert states == {"libvirtd": {"enabled": True, "active": True},
-                      "nosuch": {"enabled": False, "active": False},
-                      "virtlogd": {"enabled": False, "active": False}}
+                      "libvirtd", "nosuch", "virtlogd", "libvirtd-tcp.socket"]]
+    assert states == {"libvirtd": {"enabled": True, "active": True, "masked": False},
+                      "nosuch": {"enabled": False, "active": False, "masked": False},
+                      "virtlogd": {"enabled": False, "active": False, "masked": False},
+                      "libvirtd-tcp.socket": {"enabled": False, "active": False, "masked": True}}
 
 
 def test_service_states_are_unknown_where_systemd_cannot_say():
@@ -131,7 +134,7 @@ def test_service_states_are_unknown_where_systemd_cannot_say():
         proc = subprocess.run(argv, capture_output=True, text=True, check=False)
         return proc.returncode, proc.stdout, proc.stderr
 
-    unknown = {"libvirtd": {"enabled": None, "active": None}}
+    unknown = {"libvirtd": {"enabled": None, "active": None, "masked": None}}
     # this development machine has systemctl but no systemd as PID 1: systemctl show fails
     systemctl = shutil.which("systemctl")
     if systemctl and not os.path.isdir("/run/systemd/system"):
