@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests" / "integration" / "lab"))
-sys.path.insert(0, str(ROOT / "tests" / "lab"))
+sys.path.insert(0, str(ROOT / "tests" / "integration" / "on_lab_vm"))
+sys.path.insert(0, str(ROOT / "tests" / "lab_vm"))
 
 import kvmlab  # noqa: E402  pylint: disable=wrong-import-position
 from conftest import LabVM  # noqa: E402  pylint: disable=wrong-import-position

@@ -3,7 +3,7 @@
 What can be real here is real: the module runs through ``ansible localhost``, from the venv's
 interpreter and from one without the SELinux bindings (the module must re-run itself under the
 system Python), and meets a host whose SELinux is not installed. Everything that needs a policy
-store runs in the lab VM (tests/integration/lab/test_selinux_lab.py).
+store runs in the lab VM (tests/integration/on_lab_vm/test_selinux_lab.py).
 """
 
 import re

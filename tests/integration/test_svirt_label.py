@@ -4,7 +4,7 @@ What can be real here: the module finds libvirt-python by respawning under the s
 when its interpreter lacks it, reads the host's security models from the real daemon, and
 refuses - with the reason and the fix - to pretend it confines anything on a host whose libvirt
 offers only the ``none`` and ``dac`` models. Labels, processes and images are tested for real in
-the SELinux and AppArmor lab VMs (tests/integration/lab/test_svirt_lab.py).
+the SELinux and AppArmor lab VMs (tests/integration/on_lab_vm/test_svirt_lab.py).
 """
 
 import subprocess

@@ -9,7 +9,7 @@ Faked, at the process boundary: ``semodule`` itself. The development machine has
 store (no SELinux policy is installed and its kernel has no SELinux), so FakeSemodule keeps an
 in-memory store with libsemanage's transaction rule (every operation of one command commits
 together or not at all) and computes checksums with the real converter. The lab tests
-(tests/integration/lab/test_selinux_lab.py) run the real semodule.
+(tests/integration/on_lab_vm/test_selinux_lab.py) run the real semodule.
 """
 
 import bz2

@@ -3,7 +3,7 @@
 The policy store and the running kernel are a stand-in (``Store``): this development machine
 has no SELinux kernel and no policy store, and libsemanage cannot run without one. restorecon is
 a table-driven fake for the same reason; the image directories are real. The real store is
-exercised on the SELinux-enforcing lab host (tests/integration/lab/test_selinux_lab.py, through
+exercised on the SELinux-enforcing lab host (tests/integration/on_lab_vm/test_selinux_lab.py, through
 the selinux role, and Molecule's converge, idempotence and drift audit).
 """
 

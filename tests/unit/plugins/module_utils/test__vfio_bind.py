@@ -6,7 +6,7 @@ iommu_group and driver links, class/vendor/device/config files, /proc/self/mount
 /proc/net/route and ipv6_route of a lab boot; see LAB below). What cannot exist on this
 machine is the kernel's reaction to sysfs stores (driver_override, bind, unbind,
 drivers_probe) and to modprobe: FakeKernel stands in for exactly that, at the sysfs write
-and process boundary. The lab tier (tests/integration/lab/test_vfio_bind.py) runs the same
+and process boundary. The lab tier (tests/integration/on_lab_vm/test_vfio_bind.py) runs the same
 code against the real kernel.
 """
 

@@ -1,6 +1,6 @@
 """vfio_bind and the iommu_vfio role against the real kernel of the lab VM.
 
-The lab (tests/lab/kvmlab.py) is a q35 machine with an emulated Intel IOMMU; what the VM shows:
+The lab (tests/lab_vm/kvmlab.py) is a q35 machine with an emulated Intel IOMMU; what the VM shows:
 
     group 0  0000:00:00.0  8086:29c0 host bridge          (no driver)
     group 1  0000:00:01.0  1234:1111 VGA, boot_vga=1       bochs-drm
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-import kvmlab  # tests/lab, put on sys.path by conftest.py
+import kvmlab  # tests/lab_vm, put on sys.path by conftest.py
 
 ROOT = Path(__file__).resolve().parents[3]
 EDU, VGA, NIC, DISK, SMBUS = ("0000:00:03.0", "0000:00:01.0", "0000:00:02.0", "0000:00:04.0",

@@ -1,7 +1,7 @@
 """Lab tier helpers: tests that need SELinux, AppArmor, systemd or an IOMMU run in a lab VM.
 
 ``lab_vm(name, lsm="selinux", iommu=True)`` boots a VM from a pristine overlay of the cached lab
-image (tests/lab/kvmlab.py; docs/lab.md) and returns a ``LabVM``: run shell commands in it, copy
+image (tests/lab_vm/kvmlab.py; docs/lab.md) and returns a ``LabVM``: run shell commands in it, copy
 files in, run a module or a playbook of this collection against it through Ansible for real,
 reboot it. VMs are stopped when the test module that booted them finishes; ``selinux_vm`` is
 one VM that several files share.
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(ROOT / "tests" / "lab"))
+sys.path.insert(0, str(ROOT / "tests" / "lab_vm"))
 
 import kvmlab  # noqa: E402  pylint: disable=wrong-import-position
 
@@ -34,7 +34,7 @@ class LabVM:
         inventory.mkdir(exist_ok=True)
         group_vars = inventory / "group_vars"
         if not group_vars.exists():
-            group_vars.symlink_to(ROOT / "tests" / "lab" / "inventory" / "group_vars")
+            group_vars.symlink_to(ROOT / "tests" / "lab_vm" / "inventory" / "group_vars")
         hosts = {"kvm_hosts": {"hosts": {self.name: {
             "ansible_host": self.info["host"], "ansible_port": self.info["port"],
             "ansible_user": "root", "ansible_ssh_private_key_file": self.info["key"],

@@ -1,6 +1,6 @@
 """The lab: disposable Debian 12 KVM host VMs with SELinux enforcing, booted under QEMU TCG.
 
-    python3 tests/lab/kvmlab.py COMMAND ...
+    python3 tests/lab_vm/kvmlab.py COMMAND ...
 
     kvmlab.py build                      build (or reuse) the cached base image, print its dir
     kvmlab.py boot NAME [--lsm apparmor] [--no-iommu]
