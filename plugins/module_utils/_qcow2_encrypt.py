@@ -3,8 +3,8 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """LUKS encryption of qcow2 images, done safely. Private to the collection: not a public API.
 
-``ensure(run, request, conn, check_mode)`` is the whole job of the qcow2_encrypt module:
-inspect the image, decide what has to change (plan), and unless in check mode apply it:
+``plan(run, request, conn)`` is the whole job of the qcow2_encrypt module: inspect the image and
+decide what has to change (a ``_runner.Plan``, check mode's answer); its ``apply`` carries it out:
 ``qemu-img convert`` to a temporary file beside the image, ``qemu-img compare`` of both
 images opened with their secrets, owner/mode/SELinux label copied, fsync, atomic rename.
 
@@ -35,6 +35,7 @@ import xml.etree.ElementTree as ET
 from ansible_collections.kvmsec.hardening.plugins.module_utils._command import CommandError, checked
 from ansible_collections.kvmsec.hardening.plugins.module_utils._files import copy_attributes, fsync_dir
 from ansible_collections.kvmsec.hardening.plugins.module_utils._libvirt import UUID_RE, disks, edited
+from ansible_collections.kvmsec.hardening.plugins.module_utils._runner import Plan
 
 QEMU_IMG = "qemu-img"
 QEMU_IO = "qemu-io"
@@ -826,20 +827,22 @@ def public(facts):
                                         "virtual_size", "backing_file"))
 
 
-def ensure(run, request, conn=None, check_mode=False):
-    """Bring the image to the requested state; return the module result (never a secret)."""
+def plan(run, request, conn=None):
+    """Inspect the image and decide: a ``_runner.Plan`` whose result is what check mode answers,
+    and whose ``apply`` converts, updates libvirt and returns the result as the image is after
+    (never a secret)."""
     validate(request)
     path = checked_path(request.path)
     keys = Keys(request.passphrase, request.old_passphrase)
-    return _ensure(keys.runner(run), path, request, conn, check_mode, keys)
+    return _plan(keys.runner(run), path, request, conn, keys)
 
 
-def _ensure(run, path, request, conn, check_mode, keys):
+def _plan(run, path, request, conn, keys):
     facts, locked = inspect(run, path)
     refuse_unsupported(request.path, facts)
     usage = Usage(conn, path)
     backups = backups_of(path)
-    result = {"changed": False, "path": request.path, "backup_file": None, "in_use_by": usage.running,
+    result = {"path": request.path, "backup_file": None, "in_use_by": usage.running,
               "changes": [], "skipped_changes": [], "warnings": [], "libvirt_secret": request.secret_uuid}
     share = locked or bool(usage.running)
     if request.state == "verified":
@@ -852,7 +855,7 @@ def _ensure(run, path, request, conn, check_mode, keys):
         message = in_use_message(request.path, usage.running)
         if request.when_in_use == "fail":
             raise ImageInUse(message + "; stop it first", usage.running)
-        result["warnings"].append(message + ": skipped, the image stays as it is")
+        result["warnings"] = [message + ": skipped, the image stays as it is"]
         result["skipped_changes"] = [conversion.reason]
         return _unchanged(result, facts, backups)
     after = _planned_facts(facts, request) if conversion else facts
@@ -860,39 +863,49 @@ def _ensure(run, path, request, conn, check_mode, keys):
     libvirt = libvirt_changes(conn, path, request, not after["backing_file"], bool(conversion))
     result["changes"] = ([conversion.reason] if conversion else []) + [
         "remove %s, left by an interrupted run" % t for t in leftovers] + [d for d, dummy in libvirt]
-    result["changed"] = bool(result["changes"])
-    result["diff"] = {"before": _diff_view(facts, conn, path, request, False),
-                      "after": _diff_view(after, conn, path, request, bool(libvirt))}
-    if check_mode:
-        backups = [b for b in backups if not b.stale]
-    else:
+    diff = {"before": _diff_view(facts, conn, path, request, False),
+            "after": _diff_view(after, conn, path, request, bool(libvirt))}
+
+    def apply():
+        applied = dict(result)
+        now = after
         for leftover in leftovers:
             _unlink_quietly(leftover)
         if conversion:
-            result["backup_file"] = convert(run, path, facts, conversion, request, keys,
-                                            _still_free(run, path, conn))
-            after = inspect(run, path)[0]
+            applied["backup_file"] = convert(run, path, facts, conversion, request, keys,
+                                             _still_free(run, path, conn))
+            now = inspect(run, path)[0]
         for dummy, action in libvirt:
             action()
-        backups = backups_of(path)
-    result.update(public(after))
-    _report_backups(result, backups)
-    result["warnings"] += _warnings(request, result, usage)
-    return result
+        applied = _finished(applied, now, backups_of(path), request, usage)
+        decided.warnings = applied.pop("warnings")
+        return applied
+
+    # check mode's answer: the stale backups are gone once the plan is applied
+    predicted = _finished(result, after, [b for b in backups if not b.stale], request, usage)
+    warnings = predicted.pop("warnings")
+    decided = Plan(bool(result["changes"]), predicted, diff, warnings, apply if result["changes"] else None)
+    return decided
+
+
+def _finished(result, facts, backups, request, usage):
+    """The result with the image's facts, its plaintext backups and the warnings they call for."""
+    done = _with_backups(dict(result, **public(facts)), backups)
+    done["warnings"] = done["warnings"] + _warnings(request, done, usage)
+    return done
 
 
 def _unchanged(result, facts, backups):
-    result.update(public(facts))
-    result["diff"] = {"before": public(facts), "after": public(facts)}
-    _report_backups(result, backups)
-    return result
+    done = _with_backups(dict(result, **public(facts)), backups)
+    warnings = done.pop("warnings")
+    return Plan(False, done, {"before": public(facts), "after": public(facts)}, warnings)
 
 
-def _report_backups(result, backups):
+def _with_backups(result, backups):
     """Every run names the plaintext backups beside the image, whichever run left them."""
     plaintext = [b for b in backups if b.plaintext]
-    result["plaintext_backups"] = [b.path for b in plaintext]
-    result["warnings"] += [backup_warning(result["path"], b) for b in plaintext]
+    return dict(result, plaintext_backups=[b.path for b in plaintext],
+                warnings=result["warnings"] + [backup_warning(result["path"], b) for b in plaintext])
 
 
 def _still_free(run, path, conn):

@@ -6,8 +6,9 @@
 A core reads the host and returns a ``Plan``: whether anything changes, the result to return,
 the diff, the warnings, and how to carry it out. ``run`` is all a module does with it: in check
 mode the plan is the answer; otherwise ``apply`` carries it out (and may return a result that
-says what applying learned, such as a backup file). An error the core raises for the operator
-ends the module with its message, the host as the core left it: unchanged, or rolled back.
+says what applying learned, such as a backup file, and set the plan's diff and warnings anew to
+match). An error the core raises for the operator ends the module with its message, the host as
+the core left it: unchanged, or rolled back.
 """
 
 from __future__ import absolute_import, division, print_function

@@ -26,6 +26,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import bz2
+import contextlib
 import errno
 import fcntl
 import glob
@@ -40,6 +41,7 @@ import time
 
 from ansible_collections.kvmsec.hardening.plugins.module_utils._command import CommandError, checked
 from ansible_collections.kvmsec.hardening.plugins.module_utils._files import atomic_write
+from ansible_collections.kvmsec.hardening.plugins.module_utils._runner import Plan
 
 DEFAULT_PRIORITY = 400
 DEFAULT_STATE_DIR = "/var/lib/kvmsec/selinux_modules"
@@ -965,21 +967,38 @@ def check_priority(priority):
         raise SelinuxModuleError("priority must be 1-999 (local modules: 400), not %s" % priority)
 
 
-def run_modules(sources, manager, check_mode):
-    """Plan the read sources (``prepare``), apply unless check_mode, and report:
-    (changed, modules, transaction, diff, warnings)."""
+def plan_modules(sources, manager, warnings=()):
+    """Build the read sources (``prepare``) and compare them with the store: a ``_runner.Plan``
+    whose result (modules, transaction) is check mode's answer, the store as it will list, and
+    whose ``apply`` runs the one transaction, keeps the versions and returns the result as the
+    store lists after. ``warnings`` are the caller's, given with the plan's own."""
+    with _workdir() as workdir:
+        before, changes = manager.plan(sources, workdir)
+
+    def answer(after, transaction):
+        changed, modules, dummy, diff, found = report(changes, before, after, manager, transaction)
+        decided.diff, decided.warnings = diff, found + list(warnings)
+        return dict(modules=modules, transaction=transaction)
+
+    def apply():
+        # also when nothing changes: a module that already matched its source is kept as a version
+        with _workdir() as workdir:
+            transaction = manager.apply(changes, workdir)
+        return answer(manager.installed([c.name for c in changes]) if transaction else before, transaction)
+
+    decided = Plan(any(c.changed for c in changes), None, apply=apply)
+    decided.result = answer(predicted(changes, before, manager.priority), None)
+    return decided
+
+
+@contextlib.contextmanager
+def _workdir():
+    """A private temporary directory for compiling and staging, gone afterwards."""
     workdir = tempfile.mkdtemp(prefix="kvmsec-selinux-")
     try:
-        before, changes = manager.plan(sources, workdir)
-        transaction = None
-        if check_mode:
-            after = predicted(changes, before, manager.priority)
-        else:
-            transaction = manager.apply(changes, workdir)
-            after = manager.installed([c.name for c in changes]) if transaction else before
+        yield workdir
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    return report(changes, before, after, manager, transaction)
 
 
 # ---------------------------------------------------------------- report

@@ -285,7 +285,7 @@ from ansible_collections.kvmsec.hardening.plugins.module_utils import _qcow2_enc
 from ansible_collections.kvmsec.hardening.plugins.module_utils._command import CommandError, module_runner
 from ansible_collections.kvmsec.hardening.plugins.module_utils._libvirt import URI_SPEC
 from ansible_collections.kvmsec.hardening.plugins.module_utils._respawn import libvirt_connection, libvirt_errors
-from ansible_collections.kvmsec.hardening.plugins.module_utils._runner import Plan, run
+from ansible_collections.kvmsec.hardening.plugins.module_utils._runner import run
 
 CIPHER_OPTIONS = dict((key, dict(type="str", choices=list(core.CIPHER_CHOICES[key]))) for key in core.CIPHER_KEYS)
 
@@ -360,15 +360,13 @@ def request(module, new, old):
 
 
 def decide(module):
-    """ensure() plans and, unless in check mode, converts: its result is the run's."""
     # what is wrong with the input is said before anything about libvirt
     new, old = passphrases(module)
     conn = libvirt_conn(module)
     if module.params["passphrase_libvirt_secret"]:
         new = core.secret_value(conn, module.params["passphrase_libvirt_secret"])
         hide(module, new)
-    result = core.ensure(module_runner(module), request(module, new, old), conn, module.check_mode)
-    return Plan(result.pop("changed"), result, result.pop("diff"), result.pop("warnings"))
+    return core.plan(module_runner(module), request(module, new, old), conn)
 
 
 def main():

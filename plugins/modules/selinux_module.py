@@ -340,7 +340,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kvmsec.hardening.plugins.module_utils import _selinux_module as core
 from ansible_collections.kvmsec.hardening.plugins.module_utils._respawn import respawn_or_fail
 from ansible_collections.kvmsec.hardening.plugins.module_utils._command import CommandError, module_runner
-from ansible_collections.kvmsec.hardening.plugins.module_utils._runner import Plan, run
+from ansible_collections.kvmsec.hardening.plugins.module_utils._runner import run
 
 try:
     import selinux
@@ -407,7 +407,7 @@ def specs_of(params):
 
 
 def decide(module):
-    """run_modules plans the one transaction and, unless in check mode, commits it."""
+    """plan_modules plans the one transaction; applied, the plan commits it."""
     params = module.params
     # bad input is reported as such, before anything about the host, in check mode too: the
     # specs, their sources (readable, not empty, CIL syntax), state_dir and the numbers
@@ -415,11 +415,11 @@ def decide(module):
     store = core.VersionStore(params["state_dir"], keep=params["keep_versions"])
     core.check_priority(params["priority"])
     manager = core.Manager(module_runner(module), find_tools(module), host_policy(), store, priority=params["priority"])
-    changed, modules, transaction, diff, warnings = core.run_modules(sources, manager, module.check_mode)
+    warnings = []
     if not selinux.is_selinux_enabled():
         warnings.append("SELinux is disabled at runtime: the policy store was read and changed, and "
                         "the modules take effect when the host boots with SELinux enabled")
-    return Plan(changed, dict(modules=modules, transaction=transaction), diff, warnings)
+    return core.plan_modules(sources, manager, warnings)
 
 
 def main():

@@ -26,27 +26,19 @@ from pathlib import Path
 
 import pytest
 
+from localhost_module import tcg_guest_xml  # tests/integration, on sys.path by its conftest
+
 ROOT = Path(__file__).resolve().parents[3]
 
 IMAGES = "/var/lib/libvirt/images"
 POLICY = ROOT / "roles" / "selinux" / "files" / "modules" / "kvmsec_libvirt.te"
 
-GUEST_XML = """<domain type='qemu'>
-  <name>{name}</name>
-  <memory unit='MiB'>32</memory>
-  <vcpu>1</vcpu>
-  <os><type arch='x86_64' machine='pc'>hvm</type></os>
-  <devices>
-    <emulator>/usr/bin/qemu-system-x86_64</emulator>
-    <disk type='file' device='disk'>
+DISK_XML = """    <disk type='file' device='disk'>
       <driver name='qemu' type='qcow2'/>
       <source file='{disk}'/>
       <target dev='vda' bus='virtio'/>
       {readonly}
-    </disk>
-  </devices>
-</domain>
-"""
+    </disk>"""
 
 # the role needs only the OS family from the facts: the minimum subset spares the slow VM
 ROLE_PLAY = [{"name": "svirt role", "hosts": "kvm_hosts", "become": True, "gather_facts": True,
@@ -56,7 +48,7 @@ ROLE_PLAY = [{"name": "svirt role", "hosts": "kvm_hosts", "become": True, "gathe
 def define_guest(vm, name, disk=None, readonly=False):
     disk = disk or "%s/%s.qcow2" % (IMAGES, name)
     vm.ssh("test -e {d} || qemu-img create -q -f qcow2 {d} 16M".format(d=disk))
-    vm.put(GUEST_XML.format(name=name, disk=disk, readonly="<readonly/>" if readonly else ""),
+    vm.put(tcg_guest_xml(name, DISK_XML.format(disk=disk, readonly="<readonly/>" if readonly else "")),
            "/tmp/%s.xml" % name)
     vm.ssh("virsh define /tmp/%s.xml" % name)
 

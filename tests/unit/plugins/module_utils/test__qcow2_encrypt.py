@@ -20,6 +20,7 @@ import pytest
 from ansible_collections.kvmsec.hardening.plugins.module_utils import _qcow2_encrypt as core
 from ansible_collections.kvmsec.hardening.plugins.module_utils._command import CommandError
 from ansible_collections.kvmsec.hardening.tests.unit.plugins.module_utils.fake_libvirt import FakeDomain, connection
+from ansible_collections.kvmsec.hardening.tests.unit.plugins.module_utils.module_stub import Module, outcome
 
 PASS = b"correct horse battery staple"
 FAST = 10  # ms of key derivation: plenty for tests, too little for production
@@ -34,6 +35,14 @@ def subprocess_run(argv, data=None, pass_fds=()):
 @pytest.fixture
 def run():
     return subprocess_run
+
+
+def ensure(run, request, conn=None, check_mode=False):
+    """What the module returns: the core's plan through the real runner (applied unless in check
+    mode), with the warnings it gave the module beside the result. The core's errors are raised."""
+    module = Module(check_mode=check_mode, diff=True)
+    dummy, result = outcome(module, lambda: core.plan(run, request, conn), ())
+    return dict(result, warnings=module.warnings)
 
 
 def qemu_img(*args):
@@ -97,7 +106,7 @@ def test_bad_input_is_refused_before_touching_the_host(tmp_path, run, kwargs, me
     image = make_image(tmp_path / "a.qcow2")
     before = (tmp_path / "a.qcow2").read_bytes()
     with pytest.raises(core.Qcow2EncryptError, match=message):
-        core.ensure(run, request(image, **kwargs))
+        ensure(run, request(image, **kwargs))
     assert (tmp_path / "a.qcow2").read_bytes() == before
 
 
@@ -117,7 +126,7 @@ def test_what_is_not_a_qcow2_image_is_refused(tmp_path, run, name, make, message
     elif make == "text":
         path.write_text("hello\n")
     with pytest.raises(core.Qcow2EncryptError, match=message):
-        core.ensure(run, request(name if name == "relative" else path))
+        ensure(run, request(name if name == "relative" else path))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,7 +136,7 @@ def test_what_is_not_a_qcow2_image_is_refused(tmp_path, run, name, make, message
 def test_plain_image_round_trip_keeps_data_sparseness_and_a_backup(tmp_path, run):
     image = make_image(tmp_path / "vm.qcow2", size="1G", writes=[("0x5a", "1M", "2M"), ("0xa5", "900M", "1M")])
     pw = secret_file(tmp_path, PASS)
-    result = core.ensure(run, request(image))
+    result = ensure(run, request(image))
     assert result["changed"] and result["encrypt_format"] == "luks"
     assert result["cipher"] == core.CIPHER_DEFAULTS and result["virtual_size"] == 1 << 30
     assert info(image)["format-specific"]["data"]["encrypt"]["format"] == "luks"
@@ -148,10 +157,10 @@ def test_plain_image_round_trip_keeps_data_sparseness_and_a_backup(tmp_path, run
 
 def test_second_run_and_verification_change_nothing(tmp_path, run):
     image = make_image(tmp_path / "vm.qcow2")
-    core.ensure(run, request(image, backup=False))
+    ensure(run, request(image, backup=False))
     before = os.stat(image)
-    again = core.ensure(run, request(image, backup=False))
-    verified = core.ensure(run, request(image, state="verified"))
+    again = ensure(run, request(image, backup=False))
+    verified = ensure(run, request(image, state="verified"))
     assert not again["changed"] and again["changes"] == [] and not verified["changed"]
     assert (os.stat(image).st_ino, os.stat(image).st_mtime) == (before.st_ino, before.st_mtime)
 
@@ -159,7 +168,7 @@ def test_second_run_and_verification_change_nothing(tmp_path, run):
 def test_check_mode_reports_the_plan_and_writes_nothing(tmp_path, run):
     image = make_image(tmp_path / "vm.qcow2")
     before = (tmp_path / "vm.qcow2").read_bytes()
-    result = core.ensure(run, request(image), check_mode=True)
+    result = ensure(run, request(image), check_mode=True)
     assert result["changed"] and result["changes"] == ["encrypt the plain image with LUKS"]
     assert result["diff"]["before"]["encrypted"] is False
     assert result["diff"]["after"]["encrypt_format"] == "luks"
@@ -170,26 +179,26 @@ def test_check_mode_reports_the_plan_and_writes_nothing(tmp_path, run):
 
 def test_wrong_passphrase_on_a_luks_image_fails_clearly(tmp_path, run):
     image = make_image(tmp_path / "vm.qcow2")
-    core.ensure(run, request(image, backup=False))
+    ensure(run, request(image, backup=False))
     for state in ("encrypted", "verified"):
         with pytest.raises(core.Qcow2EncryptError, match="passphrase does not open the LUKS"):
-            core.ensure(run, request(image, passphrase=b"wrong", state=state))
+            ensure(run, request(image, passphrase=b"wrong", state=state))
 
 
 def test_verified_refuses_a_plain_image(tmp_path, run):
     image = make_image(tmp_path / "vm.qcow2")
     with pytest.raises(core.Qcow2EncryptError, match="is not encrypted"):
-        core.ensure(run, request(image, state="verified"))
+        ensure(run, request(image, state="verified"))
 
 
 def test_passphrase_change_and_cipher_change_re_encrypt(tmp_path, run):
     image = make_image(tmp_path / "vm.qcow2")
-    core.ensure(run, request(image, backup=False))
-    changed = core.ensure(run, request(image, passphrase=b"new one", old_passphrase=PASS, backup=False))
+    ensure(run, request(image, backup=False))
+    changed = ensure(run, request(image, passphrase=b"new one", old_passphrase=PASS, backup=False))
     assert changed["changes"] == ["re-encrypt with the new passphrase"]
     assert read_ok(image, secret_file(tmp_path, b"new one", "new"))
-    serpent = core.ensure(run, request(image, passphrase=b"new one", backup=False,
-                                       cipher={"cipher_alg": "serpent-256"}))
+    serpent = ensure(run, request(image, passphrase=b"new one", backup=False,
+                                  cipher={"cipher_alg": "serpent-256"}))
     assert serpent["changes"] == ["re-encrypt with another cipher (cipher_alg aes-256->serpent-256)"]
     assert serpent["cipher"]["cipher_alg"] == "serpent-256"
     assert read_ok(image, secret_file(tmp_path, b"new one", "new2"))
@@ -206,14 +215,14 @@ def test_legacy_aes_image_is_re_encrypted_with_luks(tmp_path, run):
                     "-c", "write -P 0x5a 1M 2M"], check=True, capture_output=True)
     assert info(image)["format-specific"]["data"]["encrypt"]["format"] == "aes"
     with pytest.raises(core.Qcow2EncryptError, match="decrypts it to random bytes"):
-        core.ensure(run, request(image, old_passphrase=b"not it"))
-    result = core.ensure(run, request(image, old_passphrase=b"old password"))
+        ensure(run, request(image, old_passphrase=b"not it"))
+    result = ensure(run, request(image, old_passphrase=b"old password"))
     assert result["changes"] == ["re-encrypt the legacy AES image with LUKS"]
     assert result["encrypt_format"] == "luks"
     assert read_ok(image, secret_file(tmp_path, PASS))
     assert info(result["backup_file"])["format-specific"]["data"]["encrypt"]["format"] == "aes"
     with pytest.raises(core.Qcow2EncryptError, match="legacy qcow2 AES encryption, which is broken"):
-        core.ensure(run, request(result["backup_file"], state="verified"))
+        ensure(run, request(result["backup_file"], state="verified"))
 
 
 def test_backing_file_is_refused_unless_flattened(tmp_path, run):
@@ -221,10 +230,10 @@ def test_backing_file_is_refused_unless_flattened(tmp_path, run):
     top = make_image(tmp_path / "top.qcow2", backing=base, writes=[("0x5a", "1M", "2M")])
     base_bytes = (tmp_path / "base.qcow2").read_bytes()
     with pytest.raises(core.Qcow2EncryptError, match="has a backing file .*base.qcow2.*flatten=true"):
-        core.ensure(run, request(top))
+        ensure(run, request(top))
     with pytest.raises(core.Qcow2EncryptError, match="is the backing file of .*top.qcow2"):
-        core.ensure(run, request(base))
-    result = core.ensure(run, request(top, flatten=True, backup=False))
+        ensure(run, request(base))
+    result = ensure(run, request(top, flatten=True, backup=False))
     pw = secret_file(tmp_path, PASS)
     assert result["backing_file"] is None and "backing-filename" not in info(top)
     assert read_ok(top, pw, "0x11", "0", "1M") and read_ok(top, pw)
@@ -237,7 +246,7 @@ def test_owner_mode_and_selinux_label_are_kept(tmp_path, run):
     os.chown(image, 64055, 64055)
     label = b"system_u:object_r:svirt_image_t:s0:c1,c2\x00"
     os.setxattr(image, "security.selinux", label)
-    core.ensure(run, request(image, backup=False))
+    ensure(run, request(image, backup=False))
     st = os.stat(image)
     assert (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (0o640, 64055, 64055)
     assert os.getxattr(image, "security.selinux") == label
@@ -247,7 +256,7 @@ def test_a_path_with_a_comma_and_a_symlink(tmp_path, run):
     real = make_image(tmp_path / "a,b.qcow2")
     link = tmp_path / "link.qcow2"
     link.symlink_to(real)
-    result = core.ensure(run, request(str(link), backup=False))
+    result = ensure(run, request(str(link), backup=False))
     assert result["path"] == str(link) and os.path.islink(str(link))
     assert read_ok(real.replace(",", ",,"), secret_file(tmp_path, PASS))
 
@@ -295,8 +304,8 @@ def test_image_held_by_a_process_is_refused_naming_it(tmp_path, run, holder):
     proc = holder(image)
     with pytest.raises(core.ImageInUse, match=r"in use: another process holds QEMU's write lock on it "
                                               r"\(process %d \(qemu-io\)\)" % proc.pid):
-        core.ensure(run, request(image))
-    skipped = core.ensure(run, request(image, when_in_use="skip"))
+        ensure(run, request(image))
+    skipped = ensure(run, request(image, when_in_use="skip"))
     assert not skipped["changed"] and skipped["skipped_changes"] == ["encrypt the plain image with LUKS"]
     assert "skipped, the image stays as it is" in skipped["warnings"][0]
     assert siblings(tmp_path / "vm.qcow2") == ["vm.qcow2"]
@@ -304,10 +313,10 @@ def test_image_held_by_a_process_is_refused_naming_it(tmp_path, run, holder):
 
 def test_held_luks_image_is_still_verified_read_only(tmp_path, run, holder):
     image = make_image(tmp_path / "vm.qcow2")
-    core.ensure(run, request(image, backup=False))
+    ensure(run, request(image, backup=False))
     holder(image, secret_file(tmp_path, PASS))
-    assert not core.ensure(run, request(image))["changed"]
-    assert not core.ensure(run, request(image, state="verified"))["changed"]
+    assert not ensure(run, request(image))["changed"]
+    assert not ensure(run, request(image, state="verified"))["changed"]
 
 
 def test_write_barrier_keeps_writers_out_but_lets_readers_in(tmp_path, run):
@@ -339,7 +348,7 @@ def test_failed_verification_keeps_original_and_removes_temp(tmp_path, run):
         return run(argv, data, pass_fds)
 
     with pytest.raises(CommandError, match="qemu-img compare failed"):
-        core.ensure(corrupting_run, request(image))
+        ensure(corrupting_run, request(image))
     assert (tmp_path / "vm.qcow2").read_bytes() == before
     assert siblings(tmp_path / "vm.qcow2") == ["pw", "vm.qcow2"]
 
@@ -350,16 +359,16 @@ def test_leftovers_of_a_killed_run_are_removed_and_live_runs_respected(tmp_path,
     dead.wait()
     stale = tmp_path / (".vm.qcow2%s%d~" % (core.TEMP_MARK, dead.pid))
     stale.write_bytes(b"half a conversion")
-    planned = core.ensure(run, request(image), check_mode=True)
+    planned = ensure(run, request(image), check_mode=True)
     assert "remove %s, left by an interrupted run" % stale in planned["changes"]
     assert stale.exists()
-    core.ensure(run, request(image, backup=False))
+    ensure(run, request(image, backup=False))
     assert siblings(tmp_path / "vm.qcow2") == ["vm.qcow2"]
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         (tmp_path / (".vm.qcow2%s%d~" % (core.TEMP_MARK, alive.pid))).write_bytes(b"")
         with pytest.raises(core.Qcow2EncryptError, match="another run \\(process %d\\)" % alive.pid):
-            core.ensure(run, request(image, passphrase=b"other", old_passphrase=PASS))
+            ensure(run, request(image, passphrase=b"other", old_passphrase=PASS))
     finally:
         alive.kill()
         alive.wait()
@@ -381,7 +390,7 @@ def killed(source, target):
     os.kill(os.getpid(), signal.SIGKILL)   # no finally, no cleanup: as the OOM killer ends a run
 
 os.rename = killed
-core.ensure(run, core.Request(sys.argv[1], %r, iter_time=%d))
+core.plan(run, core.Request(sys.argv[1], %r, iter_time=%d)).apply()
 """ % (PASS, FAST)
 
 
@@ -402,10 +411,10 @@ def test_killed_before_the_rename_the_backup_link_is_removed_by_the_next_run(tmp
     link = killed_at_rename(image, "before")
     # the "backup" is the unconverted image itself under a second name
     assert os.stat(link).st_ino == os.stat(image).st_ino and "encrypted" not in info(image)
-    planned = core.ensure(run, request(image), check_mode=True)
+    planned = ensure(run, request(image), check_mode=True)
     assert "remove %s, left by an interrupted run" % link in planned["changes"]
     assert planned["plaintext_backups"] == [] and os.path.exists(link)
-    result = core.ensure(run, request(image, backup=False))
+    result = ensure(run, request(image, backup=False))
     assert "remove %s, left by an interrupted run" % link in result["changes"]
     assert result["plaintext_backups"] == [] and result["warnings"] == []
     assert siblings(tmp_path / "vm.qcow2") == ["vm.qcow2"] and result["encrypt_format"] == "luks"
@@ -421,11 +430,11 @@ def test_killed_after_the_rename_every_later_run_reports_the_plaintext_backup(tm
                " encrypted image" % (image, backup))
     for kwargs in (dict(), dict(state="verified")):
         for check in (False, True):
-            result = core.ensure(run, request(image, **kwargs), check_mode=check)
+            result = ensure(run, request(image, **kwargs), check_mode=check)
             assert not result["changed"] and result["changes"] == []
             assert result["plaintext_backups"] == [backup] and result["warnings"] == [warning]
     os.unlink(backup)
-    assert core.ensure(run, request(image))["plaintext_backups"] == []
+    assert ensure(run, request(image))["plaintext_backups"] == []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -477,7 +486,7 @@ def test_real_conversions_survive_calibration_failures(tmp_path, run):
 
     for index in range(4):
         image = make_image(tmp_path / ("vm%d.qcow2" % index), writes=())
-        assert core.ensure(counting, request(image, backup=False))["encrypt_format"] == "luks"
+        assert ensure(counting, request(image, backup=False))["encrypt_format"] == "luks"
     assert attempts.count(False) == 4
 
 
@@ -498,7 +507,7 @@ def test_secrets_reach_qemu_through_pipes_and_no_file(tmp_path, run):
                 objects.append(arg)
         return run(argv, data, pass_fds)
 
-    result = core.ensure(watching, request(image, backup=False))
+    result = ensure(watching, request(image, backup=False))
     assert result["encrypt_format"] == "luks" and len(objects) >= 2   # convert (and its retries), compare
     assert read_ok(image, secret_file(tmp_path, PASS))
     assert siblings(tmp_path / "vm.qcow2") == ["pw", "vm.qcow2"]
@@ -538,7 +547,7 @@ def test_a_passphrase_too_long_for_a_pipe_is_refused_before_qemu_runs(tmp_path, 
     before = (tmp_path / "vm.qcow2").read_bytes()
     for check in (True, False):
         with pytest.raises(core.Qcow2EncryptError, match="does not fit in this host's pipe buffer"):
-            core.ensure(run, request(image, passphrase=b"x" * (4 << 20)), check_mode=check)
+            ensure(run, request(image, passphrase=b"x" * (4 << 20)), check_mode=check)
     assert (tmp_path / "vm.qcow2").read_bytes() == before and siblings(tmp_path / "vm.qcow2") == ["vm.qcow2"]
 
 
@@ -564,7 +573,7 @@ def test_a_passphrase_file_loses_one_trailing_newline(tmp_path):
 
 def test_result_holds_no_secret(tmp_path, run):
     image = make_image(tmp_path / "vm.qcow2")
-    result = core.ensure(run, request(image, old_passphrase=b"0ld-s3cret-value"))
+    result = ensure(run, request(image, old_passphrase=b"0ld-s3cret-value"))
     text = json.dumps(result)
     assert PASS.decode() not in text and "0ld-s3cret-value" not in text
 

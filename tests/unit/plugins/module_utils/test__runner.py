@@ -1,35 +1,13 @@
 """Unit tests of the contract between cores and modules (_runner), without Ansible.
 
-The module is a stand-in with AnsibleModule's few members that run() uses (check_mode, _diff,
-warn, exit_json, fail_json), recording instead of exiting the process.
+The module is module_stub's stand-in for AnsibleModule, recording instead of exiting the process.
 """
 
 import pytest
 
 from ansible_collections.kvmsec.hardening.plugins.module_utils._runner import Plan, run
-
-
-class Exited(Exception):
-    pass
-
-
-class Module(object):
-    def __init__(self, check_mode=False, diff=False):
-        self.check_mode = check_mode
-        self._diff = diff
-        self.warnings = []
-        self.outcome = None
-
-    def warn(self, text):
-        self.warnings.append(text)
-
-    def exit_json(self, **result):
-        self.outcome = ("exit", result)
-        raise Exited()
-
-    def fail_json(self, **result):
-        self.outcome = ("fail", result)
-        raise Exited()
+from ansible_collections.kvmsec.hardening.tests.unit.plugins.module_utils import module_stub
+from ansible_collections.kvmsec.hardening.tests.unit.plugins.module_utils.module_stub import Module
 
 
 class CoreError(Exception):
@@ -37,9 +15,7 @@ class CoreError(Exception):
 
 
 def outcome(module, decide, errors=(CoreError,), **kwargs):
-    with pytest.raises(Exited):
-        run(module, decide, errors, "some_module", **kwargs)
-    return module.outcome
+    return module_stub.outcome(module, decide, errors, **kwargs)
 
 
 def planned(applied):
