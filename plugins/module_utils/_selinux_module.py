@@ -976,7 +976,7 @@ def plan_modules(sources, manager, warnings=()):
         before, changes = manager.plan(sources, workdir)
 
     def answer(after, transaction):
-        changed, modules, dummy, diff, found = report(changes, before, after, manager, transaction)
+        dummy, modules, dummy, diff, found = report(changes, before, after, manager, transaction)
         decided.diff, decided.warnings = diff, found + list(warnings)
         return dict(modules=modules, transaction=transaction)
 
