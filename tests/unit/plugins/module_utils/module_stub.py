@@ -35,3 +35,11 @@ def outcome(module, decide, errors, name="some_module", **kwargs):
     with pytest.raises(Exited):
         run(module, decide, errors, name, **kwargs)
     return module.outcome
+
+
+def returned(decide, check_mode=False):
+    """(what the module returns, the warnings it gave) for decide() through the real runner, in
+    check mode or applied, with --diff; the core's errors are raised, not turned into failures."""
+    module = Module(check_mode=check_mode, diff=True)
+    dummy, result = outcome(module, decide, ())
+    return result, module.warnings

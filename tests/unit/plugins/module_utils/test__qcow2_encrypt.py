@@ -20,7 +20,7 @@ import pytest
 from ansible_collections.kvmsec.hardening.plugins.module_utils import _qcow2_encrypt as core
 from ansible_collections.kvmsec.hardening.plugins.module_utils._command import CommandError
 from ansible_collections.kvmsec.hardening.tests.unit.plugins.module_utils.fake_libvirt import FakeDomain, connection
-from ansible_collections.kvmsec.hardening.tests.unit.plugins.module_utils.module_stub import Module, outcome
+from ansible_collections.kvmsec.hardening.tests.unit.plugins.module_utils.module_stub import returned
 
 PASS = b"correct horse battery staple"
 FAST = 10  # ms of key derivation: plenty for tests, too little for production
@@ -40,9 +40,8 @@ def run():
 def ensure(run, request, conn=None, check_mode=False):
     """What the module returns: the core's plan through the real runner (applied unless in check
     mode), with the warnings it gave the module beside the result. The core's errors are raised."""
-    module = Module(check_mode=check_mode, diff=True)
-    dummy, result = outcome(module, lambda: core.plan(run, request, conn), ())
-    return dict(result, warnings=module.warnings)
+    result, warnings = returned(lambda: core.plan(run, request, conn), check_mode)
+    return dict(result, warnings=warnings)
 
 
 def qemu_img(*args):

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from ansible_collections.kvmsec.hardening.plugins.module_utils import _selinux_module as core
-from ansible_collections.kvmsec.hardening.tests.unit.plugins.module_utils.module_stub import Module, outcome
+from ansible_collections.kvmsec.hardening.tests.unit.plugins.module_utils.module_stub import returned
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data" / "selinux_module"
@@ -135,9 +135,8 @@ def manager(semodule, store):
 def apply(manager, *specs, check=False):
     """(changed, modules, transaction, diff, warnings): the core's plan through the real runner, as
     the module runs it (applied unless check); the core's errors are raised."""
-    module = Module(check_mode=check, diff=True)
-    dummy, result = outcome(module, lambda: core.plan_modules(core.prepare(list(specs)), manager), ())
-    return result["changed"], result["modules"], result["transaction"], result["diff"], module.warnings
+    result, warnings = returned(lambda: core.plan_modules(core.prepare(list(specs)), manager), check)
+    return result["changed"], result["modules"], result["transaction"], result["diff"], warnings
 
 
 def build(one, host, tools, run, workdir):
