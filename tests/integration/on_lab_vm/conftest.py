@@ -3,12 +3,17 @@
 ``lab_vm(name, lsm="selinux", iommu=True)`` boots a VM from a pristine overlay of the cached lab
 image (tests/lab_vm/kvmlab.py; docs/lab.md) and returns a ``LabVM``: run shell commands in it, copy
 files in, run a module or a playbook of this collection against it through Ansible for real,
-reboot it. VMs are stopped when the test module that booted them finishes; ``selinux_vm`` is
-one VM that several files share.
+reboot it. VMs are stopped when the test module that booted them finishes; ``selinux_vm`` and
+``main_vm`` are VMs that several files share.
+
+One lab VM runs at a time and each is booted once, so the files run in LAB_FILES order: the
+README's main command leaves its hardened VM (which has the IOMMU) to test_vfio_bind, and the
+shared SELinux VM serves the policy, sVirt and IOMMU-off files.
 """
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -20,6 +25,23 @@ ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT / "tests" / "lab_vm"))
 
 import kvmlab  # noqa: E402  pylint: disable=wrong-import-position
+
+LAB_FILES = ("test_lab.py", "test_kvm_host.py", "test_vfio_bind.py", "test_selinux_lab.py", "test_svirt_lab.py",
+             "test_vfio_bind_iommu_off.py")
+MAIN_VM = "kvmlab-main"
+
+
+def pytest_collection_modifyitems(items):
+    """The lab files in LAB_FILES order (a file it does not name last), each file's tests in
+    their own order; the other tiers' tests keep their places."""
+    here = Path(__file__).resolve().parent
+    places = [index for index, item in enumerate(items) if Path(str(item.fspath)).parent == here]
+
+    def rank(item):
+        name = Path(str(item.fspath)).name
+        return LAB_FILES.index(name) if name in LAB_FILES else len(LAB_FILES)
+    for index, item in zip(places, sorted((items[index] for index in places), key=rank)):
+        items[index] = item
 
 
 class LabVM:
@@ -123,7 +145,7 @@ def lab_vm():
 def selinux_vm():
     """One SELinux-enforcing VM without an IOMMU, shared by the lab files that run in this order:
     test_selinux_lab (policy modules), test_svirt_lab (labels, isolation) and
-    the IOMMU-off refusal of test_vfio_bind, which stops it (one lab VM at a time). A boot costs
+    test_vfio_bind_iommu_off, which stops it (one lab VM at a time). A boot costs
     about a minute of the CI budget; each file leaves the host enforcing, with its policy modules
     and guests, and none needs a pristine one. Run alone, a file boots it itself.
     """
@@ -136,3 +158,56 @@ def selinux_vm():
 def lab_vm_of():
     """A LabVM for a VM something else booted (its kvmlab boot info); stopping it is theirs."""
     return LabVM
+
+
+def shipped_tree(target):
+    """What a fresh clone holds: the files git tracks (and new ones it does not ignore)."""
+    listing = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                             cwd=ROOT, capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, listing):
+        source = ROOT / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+    (target / ".venv").symlink_to(ROOT / ".venv")
+
+
+@pytest.fixture(scope="session")
+def main_command():
+    """The README's main command, scripts/harden-lab, run as a new user runs it: in a copy of
+    what git ships (no .cache/collections link, no reports), sharing only the pinned virtualenv
+    and the cached lab image. Yields (tree, CompletedProcess); the VM it leaves running is
+    stopped at the end of the session, or earlier by the last file that uses it."""
+    tree = Path(tempfile.mkdtemp(prefix="kvmsec-fresh-"))
+    shipped_tree(tree)
+    env = dict(os.environ)
+    for name in ("ANSIBLE_COLLECTIONS_PATH", "ANSIBLE_CONFIG"):
+        env.pop(name, None)
+    try:
+        proc = subprocess.run([str(tree / "scripts" / "harden-lab")], cwd=tree, env=env,
+                              capture_output=True, text=True, check=False, timeout=3000)
+        yield tree, proc
+    finally:
+        kvmlab.stop(MAIN_VM)
+        shutil.rmtree(tree, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def main_vm(main_command):
+    """The hardened SELinux VM the main command left running (it has the IOMMU)."""
+    tree, proc = main_command
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    return LabVM(json.loads((tree / ".cache" / "harden-lab" / "vm.json").read_text()))
+
+
+@pytest.fixture(scope="module")
+def iommu_vm(request):
+    """A VM with the emulated IOMMU: the main command's when test_kvm_host runs in this session
+    (a boot fewer; the tests need no pristine host), else one of its own. Stopped when the file
+    that asked for it finishes: one lab VM at a time."""
+    if any(Path(str(item.fspath)).name == "test_kvm_host.py" for item in request.session.items):
+        vm = request.getfixturevalue("main_vm")
+    else:
+        vm = boot_lab_vm("vfio-lab")
+    yield vm
+    kvmlab.stop(vm.name)

@@ -1,72 +1,24 @@
 """The README's main command, from a fresh copy of the tree, and kvm_host_info on the VM it leaves.
 
-``scripts/harden-lab`` runs as a new user runs it: in a copy of what git ships (no
-.cache/collections link, no reports), sharing only the pinned virtualenv and the cached lab
-image. It boots a SELinux-enforcing lab VM, hardens it, audits it (exiting non-zero when a
-control fails) and leaves it running; the tests then read the reports and the VM's facts, and
-the VM is stopped at the end of the file.
+``scripts/harden-lab`` runs as a new user runs it (conftest's ``main_command``). It boots a
+SELinux-enforcing lab VM, hardens it, audits it (exiting non-zero when a control fails) and
+leaves it running; the tests then read the reports and the VM's facts. test_vfio_bind goes on
+with the VM and stops it (conftest's ``iommu_vm``).
 """
 
 import json
-import os
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
-
-import pytest
-
-import kvmlab
-
-ROOT = Path(__file__).resolve().parents[3]
-VM = "kvmlab-main"
 
 
-def shipped_tree(target):
-    """What a fresh clone holds: the files git tracks (and new ones it does not ignore)."""
-    listing = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                             cwd=ROOT, capture_output=True, check=True).stdout.decode().split("\0")
-    for name in filter(None, listing):
-        source = ROOT / name
-        if source.is_file():
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target / name)
-    (target / ".venv").symlink_to(ROOT / ".venv")
-
-
-@pytest.fixture(scope="module")
-def main_command():
-    tree = Path(tempfile.mkdtemp(prefix="kvmsec-fresh-"))
-    shipped_tree(tree)
-    env = dict(os.environ)
-    for name in ("ANSIBLE_COLLECTIONS_PATH", "ANSIBLE_CONFIG"):
-        env.pop(name, None)
-    try:
-        proc = subprocess.run([str(tree / "scripts" / "harden-lab")], cwd=tree, env=env,
-                              capture_output=True, text=True, check=False, timeout=3000)
-        yield tree, proc
-    finally:
-        kvmlab.stop(VM)
-        shutil.rmtree(tree, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def vm(main_command, lab_vm_of):
+def test_main_command_hardens_and_the_audit_passes(main_command, main_vm):
     tree, proc = main_command
-    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
-    return lab_vm_of(json.loads((tree / ".cache" / "harden-lab" / "vm.json").read_text()))
-
-
-def test_main_command_hardens_and_the_audit_passes(main_command, vm):
-    tree, proc = main_command
-    assert "The hardened lab VM %s is running." % VM in proc.stdout
+    assert "The hardened lab VM %s is running." % main_vm.name in proc.stdout
     results = tree / ".cache" / "harden-lab"
-    audit = json.loads((results / "audit" / (VM + ".json")).read_text())
+    audit = json.loads((results / "audit" / (main_vm.name + ".json")).read_text())
     statuses = dict((c["id"], c["status"]) for c in audit["controls"])
     assert audit["mode"] == "audit" and audit["gate_failing"] == []
     assert set(statuses.values()) <= {"pass", "not applicable"}, statuses
     assert statuses["KVM-HOST-02"] == statuses["KVM-SELINUX-01"] == statuses["SVIRT-01"] == "pass"
-    hardened = json.loads((results / "harden" / (VM + ".json")).read_text())
+    hardened = json.loads((results / "harden" / (main_vm.name + ".json")).read_text())
     assert hardened["mode"] == "harden"
     assert {c["id"] for c in hardened["controls"] if c["status"] == "fixed"} >= {"SVIRT-01", "KVM-SELINUX-04"}
     fleet = json.loads((results / "audit" / "report.json").read_text())
@@ -76,7 +28,8 @@ def test_main_command_hardens_and_the_audit_passes(main_command, vm):
         assert (results / "audit" / name).stat().st_size > 0
 
 
-def test_facts_match_the_host(vm):
+def test_facts_match_the_host(main_vm):
+    vm = main_vm
     result, dummy = vm.module("kvm_host_info", {"require_kvm_host": True})
     assert result["changed"] is False and not result.get("failed"), result
     host = result["host"]
@@ -91,7 +44,8 @@ def test_facts_match_the_host(vm):
     assert {"smep", "smap"} <= set(host["cpu"]["security_flags"])
 
 
-def test_check_mode_reads_the_same(vm):
+def test_check_mode_reads_the_same(main_vm):
+    vm = main_vm
     normal, dummy = vm.module("kvm_host_info", {})
     checked, dummy = vm.module("kvm_host_info", {}, check=True)
     assert checked["host"]["selinux"] == normal["host"]["selinux"]

@@ -11,18 +11,15 @@ The lab (tests/lab_vm/kvmlab.py) is a q35 machine with an emulated Intel IOMMU; 
 
 Group 5 is the non-viable group the issue asks for, built by QEMU's q35 chipset itself: its
 functions share a group because the emulated ICH9 has no ACS, so no extra -device is needed.
-At most one VM runs at a time (the IOMMU-off VM first, then the main one).
+The VM is the one the README's main command hardened when test_kvm_host runs first (conftest's
+``iommu_vm``): binding needs no pristine host. test_vfio_bind_iommu_off has the host without one.
 """
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml
 
-import kvmlab  # tests/lab_vm, put on sys.path by conftest.py
-
-ROOT = Path(__file__).resolve().parents[3]
 EDU, VGA, NIC, DISK, SMBUS = ("0000:00:03.0", "0000:00:01.0", "0000:00:02.0", "0000:00:04.0",
                               "0000:00:1f.3")
 RULES = "/etc/udev/rules.d/61-kvmsec-vfio-pci.rules"
@@ -66,30 +63,9 @@ def driver(vm, address):
     return out.rsplit("/", 1)[-1] or None
 
 
-def test_iommu_off_is_refused_with_the_missing_kernel_argument(selinux_vm):
-    # the shared SELinux VM has no IOMMU (conftest): no VM of its own for one refusal
-    vm = selinux_vm
-    try:
-        assert vm.ssh("ls /sys/kernel/iommu_groups | wc -l").stdout.strip() == "0"
-        before = sysfs_state(vm)
-        result, output = vm.module("vfio_bind", {"devices": [EDU]})
-        assert result.get("failed"), output
-        assert "the IOMMU is off (/sys/kernel/iommu_groups is empty)" in result["msg"]
-        # kvmlab --no-iommu drops the emulated intel-iommu device with the kernel argument, so
-        # the firmware has no DMAR table: the advice starts there. (DMAR present without
-        # intel_iommu=on is covered by the unit tests; kvmlab cannot boot that combination.)
-        assert "the firmware offers no IOMMU (no ACPI DMAR or IVRS table)" in result["msg"]
-        assert "add intel_iommu=on on Intel CPUs" in result["msg"]
-        assert "intel_iommu" not in vm.ssh("cat /proc/cmdline").stdout
-        assert "DMAR" not in vm.ssh("ls /sys/firmware/acpi/tables").stdout
-        assert sysfs_state(vm) == before
-    finally:
-        kvmlab.stop(vm.name)  # one lab VM at a time
-
-
 @pytest.fixture(scope="module")
-def vm(lab_vm):
-    return lab_vm("vfio-lab")
+def vm(iommu_vm):
+    return iommu_vm
 
 
 def test_refusals_check_mode_bind_and_second_run(vm, tmp_path):
@@ -237,4 +213,4 @@ def test_role_binds_reports_the_boot_it_cannot_change_then_uses_grub(vm, tmp_pat
     assert vm.ssh("cat /run/update-grub.cmdline").stdout == "quiet intel_iommu=on iommu=pt\n"
     status = json.loads((tmp_path / "status.json").read_text())
     assert status["bootloader"] == "grub" and status["reboot_required"] is True
-    assert "the running kernel does not: reboot vfio-lab" in second.stdout
+    assert "the running kernel does not: reboot %s" % vm.name in second.stdout
