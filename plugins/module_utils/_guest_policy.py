@@ -60,6 +60,16 @@ def append(parent, element):
     return element
 
 
+def remove(parent, element):
+    """Remove element and keep the layout: what followed it now follows the element before it."""
+    index = list(parent).index(element)
+    if index:
+        parent[index - 1].tail = element.tail
+    else:
+        parent.text = element.tail
+    parent.remove(element)
+
+
 class GuestPolicyError(Exception):
     """Bad input, or a definition libvirt would not keep; the host is left as it was."""
 
@@ -118,8 +128,10 @@ def check_memballoon(root, policy, context):
     elif balloon.get("model") != "none":
         def disable(new_root):
             element = new_root.find("devices/memballoon")
+            tail = element.tail
             element.clear()
             element.set("model", "none")
+            element.tail = tail
         yield Violation("memballoon", "memballoon model %s: the guest learns and steers host memory"
                         % balloon.get("model"), disable)
 
@@ -149,7 +161,7 @@ def _unshare(path, attribute):
         if attribute is None:
             backing = new_root.find("memoryBacking")
             for access in backing.findall("access[@mode='shared']"):
-                backing.remove(access)
+                remove(backing, access)
             return
         for element in new_root.findall(path):
             if element.get(attribute) == "shared":
@@ -215,7 +227,7 @@ def check_cpu_mode(root, policy, context):
         if element is None:
             element = append(new_root, new_root.makeelement("cpu", {}))
         for child in element.findall("model") + element.findall("vendor"):
-            element.remove(child)
+            remove(element, child)
         for attribute in ("match", "check"):
             element.attrib.pop(attribute, None)
         element.set("mode", wanted)
@@ -237,7 +249,7 @@ def _drop_feature(name):
         cpu = new_root.find("cpu")
         for feature in cpu.findall("feature"):
             if feature.get("name") == name and feature.get("policy") in ("disable", "forbid"):
-                cpu.remove(feature)
+                remove(cpu, feature)
     return fix
 
 
@@ -502,7 +514,9 @@ def summary(plans):
         "restart_required": restart,
     }
     changed_plans = [guest for guest in plans if guest.new_xml is not None]
-    diff = [{"before_header": "%s (definition)" % g.domain.name, "after_header": "%s (definition)" % g.domain.name,
+    # the after header names the rules the edit fixes: an audit's evidence then says why it differs
+    diff = [{"before_header": "%s (definition)" % g.domain.name,
+             "after_header": "%s (definition, fixed: %s)" % (g.domain.name, ", ".join(v.rule for v in g.fixed)),
              "before": redacted(g.domain.config_xml), "after": redacted(g.new_xml)} for g in changed_plans]
     return bool(changed_plans), result, diff
 

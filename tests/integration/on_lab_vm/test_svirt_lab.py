@@ -290,3 +290,36 @@ def test_guest_a_cannot_open_guest_b_image(sel):
     assert re.search(r"denied +\{ read \} for +pid=%s .*name=\"sv-b.qcow2\" .*scontext=%s tcontext=%s"
                      % (pid, re.escape(a_label), re.escape(b_label)), avc_denials(sel, mark))
     assert file_label(sel, b_image) == b_label
+
+
+def test_an_encrypted_pool_volume_is_checked_by_its_path(sel):
+    # SVIRT-02 for a disk libvirt knows only as a storage pool volume (type='volume'), LUKS
+    # encrypted as image_encryption leaves pool volumes: its label is read at the volume's path
+    pool, secret = "kvmsec-pool", "5a1f0c3e-7b2d-4c61-9e0a-3d8f6b2a9c11"
+    path = "%s/%s/enc.qcow2" % (IMAGES, pool)
+    encryption = "<encryption format='luks'><secret type='passphrase' uuid='%s'/></encryption>" % secret
+    sel.put("<secret ephemeral='no' private='yes'><uuid>%s</uuid><usage type='volume'><volume>%s</volume>"
+            "</usage></secret>" % (secret, path), "/tmp/secret.xml")
+    sel.put("<volume><name>enc.qcow2</name><capacity unit='M'>16</capacity><target><format type='qcow2'/>"
+            "%s</target></volume>" % encryption, "/tmp/volume.xml")
+    sel.ssh("virsh -q pool-define-as %s dir --target %s/%s && virsh -q pool-build %s && virsh -q pool-start %s"
+            " && virsh -q secret-define /tmp/secret.xml && virsh -q secret-set-value %s --file /dev/stdin --plain"
+            " && virsh -q vol-create %s /tmp/volume.xml"
+            % (pool, IMAGES, pool, pool, pool, secret, pool), data="kvmsec-lab-passphrase")
+    sel.put(tcg_guest_xml("sv-enc", "<disk type='volume' device='disk'><driver name='qemu' type='qcow2'/>"
+                                    "<source pool='%s' volume='enc.qcow2'/><target dev='vda' bus='virtio'/>%s"
+                                    "</disk>" % (pool, encryption)), "/tmp/sv-enc.xml")
+    sel.ssh("virsh define /tmp/sv-enc.xml")
+    try:
+        start(sel, "sv-enc")
+        assert "encrypt.format: luks" in sel.ssh("qemu-img info -U %s" % path).stdout
+        result, output = sel.module("svirt_label", {})
+        guest = dict((d["name"], d) for d in ok(result, output)["domains"])["sv-enc"]
+        assert [(i["path"], i["status"]) for i in guest["images"]] == [(path, "ok")]
+        assert cats(file_label(sel, path)) == cats(process_label(sel, "sv-enc")) == guest["categories"]
+        sel.ssh("chcon -l s0:c1,c2 %s" % path)
+        drifted, output = sel.module("svirt_label", {})
+        assert "sv-enc: image %s is labelled system_u:object_r:svirt_image_t:s0:c1,c2" % path \
+            in " ".join(ok(drifted, output)["problems"])
+    finally:
+        sel.ssh("virsh destroy sv-enc; virsh undefine sv-enc", check=False)

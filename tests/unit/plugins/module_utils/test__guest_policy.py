@@ -185,7 +185,11 @@ def test_plan_fixes_definitions_reports_devices_and_running_guests_need_a_restar
     assert [(g["name"], [v["status"] for v in g["violations"]]) for g in result["guests"]] == [
         ("db", ["fixed", "open"]), ("web", ["fixed"])]
     assert [d["before_header"] for d in diff] == ["db (definition)", "web (definition)"]
+    assert [d["after_header"] for d in diff] == ["db (definition, fixed: memballoon)",
+                                                 "web (definition, fixed: memballoon)"]
     assert "<memballoon model=\"none\" />" in diff[0]["after"] and "virtio" in diff[0]["before"]
+    # the edit keeps libvirt's layout, so the diff shows only what changed
+    assert "<memballoon model=\"none\" />\n  </devices>" in diff[1]["after"]
     core.apply(plans, conn, policy(), CONTEXT)
     assert len(conn.conn.defined) == 2
     again, result, dummy = core.summary(core.plan(conn.domains(), policy(), CONTEXT)[0])
