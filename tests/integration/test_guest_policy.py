@@ -4,7 +4,8 @@ Real here: libvirt's own handling of the definitions the module writes - whether
 balloon that is off or adds its default one back, whether the fixed XML is valid, what a running
 guest's live XML shows - the network filters libvirt ships, the guest lookup and the check mode
 that predicts the real run. Guests are TCG guests with no OS; only one is started, for the
-restart report. The module is narrowed to the test's guests with ``guests``, since the daemon
+restart report. The CPU rules judge KVM guests only: one is defined and never started (libvirt
+offers the kvm domain type here, since /dev/kvm exists, but this machine's KVM cannot run one). The module is narrowed to the test's guests with ``guests``, since the daemon
 is shared with the rest of the tier.
 """
 
@@ -26,7 +27,20 @@ VIOLATIONS = {
            "<size unit='M'>4</size></shmem>",
     # started as it is: a balloon in the running guest until it starts again
     "run": "",
+    # a KVM guest (defined only: this machine's KVM cannot run guests) on a named CPU model with a
+    # mitigation turned off
+    "cpu": "<memballoon model='none'/>",
 }
+KVM_CPU = ("<cpu mode='custom' match='exact'><model fallback='allow'>qemu64</model>"
+           "<feature policy='disable' name='spec-ctrl'/></cpu>")
+
+
+def definition(suffix, devices):
+    xml = tcg_guest_xml(PREFIX + suffix, devices)
+    if suffix == "cpu":
+        xml = xml.replace("<domain type='qemu'>", "<domain type='kvm'>").replace("<vcpu>1</vcpu>",
+                                                                                "<vcpu>1</vcpu>" + KVM_CPU)
+    return xml
 
 
 def virsh(*args, check=True):
@@ -43,7 +57,7 @@ def guests(libvirtd, tmp_path_factory):
     for suffix, devices in VIOLATIONS.items():
         name = PREFIX + suffix
         path = directory / (name + ".xml")
-        path.write_text(tcg_guest_xml(name, devices))
+        path.write_text(definition(suffix, devices))
         virsh("define", str(path))
         names.append(name)
     virsh("start", PREFIX + "run")
@@ -73,7 +87,8 @@ def test_check_mode_predicts_the_run_libvirt_keeps_and_a_second_run_changes_noth
                                    "guests or the host; remove the device or add an exception"]
     rules = dict((name, [(v["rule"], v["status"]) for v in guest["violations"]])
                  for name, guest in by_name(planned).items())
-    assert rules == {PREFIX + "nic": [("nwfilter", "fixed"), ("ivshmem", "open")],
+    assert rules == {PREFIX + "cpu": [("cpu_mode", "fixed"), ("cpu_mitigations", "fixed")],
+                     PREFIX + "nic": [("nwfilter", "fixed"), ("ivshmem", "open")],
                      PREFIX + "open": [("memballoon", "fixed"), ("graphics_listen", "fixed")],
                      PREFIX + "run": [("memballoon", "fixed")]}
 
@@ -84,6 +99,8 @@ def test_check_mode_predicts_the_run_libvirt_keeps_and_a_second_run_changes_noth
     opened = virsh("dumpxml", "--inactive", PREFIX + "open")
     assert "<memballoon model='none'/>" in opened and "listen='127.0.0.1'" in opened and "0.0.0.0" not in opened
     assert "<filterref filter='clean-traffic'/>" in virsh("dumpxml", "--inactive", PREFIX + "nic")
+    cpu = virsh("dumpxml", "--inactive", PREFIX + "cpu")
+    assert "<cpu mode='host-passthrough'" in cpu and "spec-ctrl" not in cpu and "qemu64" not in cpu
     # the running guest keeps its balloon until libvirt starts it again
     assert "<memballoon model='virtio'>" in virsh("dumpxml", PREFIX + "run")
 

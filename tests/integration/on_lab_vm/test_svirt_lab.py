@@ -312,7 +312,8 @@ def test_an_encrypted_pool_volume_is_checked_by_its_path(sel):
     sel.ssh("virsh define /tmp/sv-enc.xml")
     try:
         start(sel, "sv-enc")
-        assert "encrypt.format: luks" in sel.ssh("qemu-img info -U %s" % path).stdout
+        info = sel.ssh("qemu-img info -U %s" % path).stdout
+        assert "encrypted: yes" in info and "format: luks" in info
         result, output = sel.module("svirt_label", {})
         guest = dict((d["name"], d) for d in ok(result, output)["domains"])["sv-enc"]
         assert [(i["path"], i["status"]) for i in guest["images"]] == [(path, "ok")]
