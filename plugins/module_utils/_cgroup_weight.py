@@ -38,6 +38,8 @@ SCALE_MAX = 10000
 SCALE_DEFAULT = 100
 
 THROTTLES = ("read_bytes_sec", "write_bytes_sec", "read_iops_sec", "write_iops_sec")
+# what needs the host's weight files (throttles do not)
+WEIGHTS = ("io_weight", "cpu_weight", "device_weight")
 V1_THROTTLE_FILES = {
     "read_bytes_sec": "blkio.throttle.read_bps_device",
     "write_bytes_sec": "blkio.throttle.write_bps_device",
@@ -229,7 +231,15 @@ class Host(object):
 
     def bfq_loaded(self):
         """BFQ's cgroup files exist once the bfq scheduler is registered with the kernel."""
-        return any(re.search(r"\bbfq\b", read_file(path, "")) for path in self._scheduler_files())
+        return self.scheduler_offered("bfq")
+
+    def scheduler_offered(self, name):
+        return name in self.schedulers()
+
+    def schedulers(self):
+        """The I/O schedulers the block devices offer, sorted."""
+        text = " ".join(read_file(path, "") for path in self._scheduler_files())
+        return sorted(set(re.findall(r"[\w-]+", text)))
 
     def bfq_in_use(self):
         return any("[bfq]" in read_file(path, "") for path in self._scheduler_files())
@@ -246,6 +256,12 @@ class Host(object):
     def io_file(self, version, directory=None):
         """The I/O weight file of this host: the one present in ``directory`` when it exists."""
         candidates = IO_FILES[version]
+        if version == 1 and not self.bfq_loaded() and not self.scheduler_offered("cfq"):
+            raise CgroupWeightError(
+                "cgroup v1 cannot weigh I/O on this host: its I/O weights come from the BFQ "
+                "scheduler (blkio.bfq.weight) or CFQ (blkio.weight, before Linux 5.0), and no block "
+                "device offers either (%s); load BFQ (modprobe bfq), use cgroup v2 (io.weight), or "
+                "leave io_weight out" % (", ".join(self.schedulers()) or "no block devices"))
         if directory and os.path.isdir(directory):
             for weight_file in candidates:
                 if os.path.exists(os.path.join(directory, weight_file.name)):
@@ -450,8 +466,11 @@ class DomainTarget(object):
         return group, weights
 
     def current(self, scope):
-        blkio = self.dom.blkioParameters(self.flag(scope))
-        sched = self.dom.schedulerParametersFlags(self.flag(scope))
+        # read only what is asked for: libvirt 9.0 cannot read a running guest's blkio parameters
+        # at all where the kernel has no I/O weight (neither BFQ nor CFQ), throttles included
+        kinds = set(kind for _key, kind, _path, _value in desired(self.spec))
+        blkio = self.dom.blkioParameters(self.flag(scope)) if kinds - {"cpu_weight"} else {}
+        sched = self.dom.schedulerParametersFlags(self.flag(scope)) if "cpu_weight" in kinds else {}
         values = {"io_weight": blkio.get("weight"), "cpu_weight": sched.get("cpu_shares")}
         for kind in ("device_weight",) + THROTTLES:
             values[kind] = _libvirt_devices(blkio.get(_libvirt_param(kind)))
@@ -460,21 +479,28 @@ class DomainTarget(object):
     def plan(self):
         io_version = self.host.locate("io")[0]
         io_group, io_weights = self.live_dirs("io")
-        files = {"io": self.host.io_file(io_version, io_weights),
-                 "cpu": self.host.cpu_file(self.host.locate("cpu")[0])}
+        files = {}
+
+        def weight_file(controller):
+            # looked up when a weight is asked for: throttles need none, and a host may have none
+            if controller not in files:
+                files[controller] = (self.host.io_file(io_version, io_weights) if controller == "io"
+                                     else self.host.cpu_file(self.host.locate("cpu")[0]))
+            return files[controller]
         dirs = {"io_weight": io_weights, "cpu_weight": self.live_dirs("cpu")[1]}
         settings = []
         for scope in self.scopes:
             current = self.current(scope)
             for key, kind, path, value in desired(self.spec):
                 controller = "cpu" if kind == "cpu_weight" else "io"
+                used = weight_file(controller) if kind in WEIGHTS else None
                 if kind in ("io_weight", "cpu_weight"):
-                    filename = files[controller].name
-                    after = files[controller].checked(value, self.name, kind)
+                    filename = used.name
+                    after = used.checked(value, self.name, kind)
                     before, number = current[kind], None
                 else:
-                    filename = _device_where(files["io"], io_version, kind)
-                    after, before, number = self._device(files["io"], current, kind, path, value)
+                    filename = _device_where(used, io_version, kind)
+                    after, before, number = self._device(used, current, kind, path, value)
                 where = "domain XML (libvirt %s)" % _libvirt_param(kind)
                 if scope == "live":
                     directory = dirs.get(kind, io_group)
@@ -482,7 +508,7 @@ class DomainTarget(object):
                         else "libvirt %s (live)" % _libvirt_param(kind)
                 settings.append(Setting(self.name, key, kind, scope, where, before, after,
                                         requested=value, device=path, number=number,
-                                        weight_file=files[controller]))
+                                        weight_file=used))
         return settings
 
     def _device(self, io_file, current, kind, path, value):
@@ -629,8 +655,10 @@ class ProcessTarget(object):
         controller = "cpu" if kind == "cpu_weight" else "io"
         version = self.host.locate(controller)[0]
         directory = self.directory(controller)
-        weight_file = (self.host.cpu_file(version) if controller == "cpu"
-                       else self.host.io_file(version, directory))
+        weight_file = None
+        if kind in WEIGHTS:
+            weight_file = (self.host.cpu_file(version) if controller == "cpu"
+                           else self.host.io_file(version, directory))
         if kind in ("io_weight", "cpu_weight"):
             where = os.path.join(directory, weight_file.name)
             before = parse_weights(read_file(where, ""))[0]

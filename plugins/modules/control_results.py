@@ -17,7 +17,7 @@ description:
   - C(pass) - every task of the control ran and none changed (or would change) the host.
   - C(fail) - in an audit (check mode) a task would change the host, or a verdict task (tagged
     C(kvmsec_verdict)) found the host does not meet the control. The evidence is what would change
-    (the task's diff) or the verdict's message.
+    (the task's diff), the verdict's message, or both.
   - C(fixed) - in a hardening run a task changed the host; the evidence is what changed.
   - C(not applicable) - every task of the control was skipped by its condition; the reason is the
     catalogue's C(applies_to) and the condition.

@@ -215,7 +215,8 @@ def evaluate_control(control, records, mode):
     if errors:
         return "error", "could not be checked: %s failed" % quote(errors[0]["task"]), evidence(errors, mode)
     if failed:
-        return "fail", "%s: the host does not meet it" % quote(failed[0]["task"]), evidence(failed, mode)
+        # what the control's other tasks would change (or changed) belongs to the same finding
+        return "fail", "%s: the host does not meet it" % quote(failed[0]["task"]), evidence(failed + changed, mode)
     if changed:
         if mode == "audit":
             return "fail", "%d task%s would change the host" % plural(changed), evidence(changed, mode)

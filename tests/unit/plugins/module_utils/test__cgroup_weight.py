@@ -224,12 +224,22 @@ def test_forced_version_names_the_other_hierarchy(tmp_path):
 
 def test_v1_io_file_follows_bfq_and_cfq(tmp_path):
     assert FakeHost(tmp_path / "a", version=1).host().io_file(1) is core.IO_V1_BFQ
-    cfq = FakeHost(tmp_path / "b", version=1, scheduler="[mq-deadline] none")
+    cfq = FakeHost(tmp_path / "b", version=1, scheduler="noop deadline [cfq]")
     assert cfq.host().io_file(1) is core.IO_V1_CFQ
     existing = cfq.cgroup / "blkio" / "machine"
     existing.mkdir()
     (existing / "blkio.bfq.weight").write_text("100\n")
     assert cfq.host().io_file(1, str(existing)) is core.IO_V1_BFQ
+
+
+def test_v1_without_bfq_or_cfq_refuses_io_weights_and_still_throttles(tmp_path):
+    # a kernel built without BFQ (CONFIG_IOSCHED_BFQ) has no v1 I/O weight file at all; CFQ went in 5.0
+    fake = FakeHost(tmp_path, version=1, scheduler="none [mq-deadline] kyber")
+    with pytest.raises(core.CgroupWeightError) as caught:
+        fake.host().io_file(1)
+    assert "cgroup v1 cannot weigh I/O on this host" in str(caught.value)
+    assert "(kyber, mq-deadline, none)" in str(caught.value) and "modprobe bfq" in str(caught.value)
+    assert fake.host().io_file(2) is core.IO_V2
 
 
 @pytest.mark.parametrize("path, message", [
@@ -365,8 +375,10 @@ def test_domain_per_device_weight_refused_on_v2_with_systemd(tmp_path, active):
     assert dom.calls == []
 
 
-def test_domain_device_throttle_matches_the_same_disk_by_number(tmp_path):
-    fake = FakeHost(tmp_path, version=1)
+# throttles need no weight file: they work on a kernel without BFQ too, where v1 has none
+@pytest.mark.parametrize("scheduler", ["mq-deadline [bfq] none", "none [mq-deadline] kyber"])
+def test_domain_device_throttle_matches_the_same_disk_by_number(tmp_path, scheduler):
+    fake = FakeHost(tmp_path, version=1, scheduler=scheduler)
     dom = domain_handle("db1", active=False)
     dom.blkio[2]["device_read_bytes_sec"] = "/dev/sda,500"
     device = {"path": "/dev/sda", "read_bytes_sec": 500}

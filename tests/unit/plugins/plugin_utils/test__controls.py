@@ -81,6 +81,17 @@ def test_evidence_of_a_failing_control_is_the_diff_it_would_apply():
     assert "user = \"libvirt-qemu\"" in text
 
 
+def test_a_failed_verdict_comes_with_what_the_control_would_change():
+    records = [record("SVIRT-01", "changed", task="Set qemu.conf", diff=[QEMU_DIFF]),
+               record("SVIRT-01", "failed", task="Guests are confined", verdict=True, msg="guest web unconfined")]
+    results = core.evaluate(CATALOGUE, records, context())
+    assert results[1]["status"] == "fail"
+    assert [(e["task"], e["outcome"]) for e in results[1]["evidence"]] == [
+        ("Guests are confined", "failed"), ("Set qemu.conf", "would change")]
+    assert "guest web unconfined" in results[1]["evidence"][0]["text"]
+    assert "+security_require_confined = 1" in results[1]["evidence"][1]["text"]
+
+
 def test_a_hardening_run_shows_what_changed():
     results = core.evaluate(CATALOGUE, [record("SVIRT-01", "changed", task="Set qemu.conf", diff=[QEMU_DIFF])],
                             context(mode="harden"))
