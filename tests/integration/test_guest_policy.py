@@ -5,8 +5,9 @@ balloon that is off or adds its default one back, whether the fixed XML is valid
 guest's live XML shows - the network filters libvirt ships, the guest lookup and the check mode
 that predicts the real run. Guests are TCG guests with no OS; only one is started, for the
 restart report. The CPU rules judge KVM guests only: one is defined and never started (libvirt
-offers the kvm domain type here, since /dev/kvm exists, but this machine's KVM cannot run one). The module is narrowed to the test's guests with ``guests``, since the daemon
-is shared with the rest of the tier.
+offers the kvm domain type here, since /dev/kvm exists, but this machine's KVM cannot run one).
+The module is narrowed to the test's guests with ``guests``, since the daemon is shared with the
+rest of the tier.
 """
 
 import subprocess
@@ -38,8 +39,8 @@ KVM_CPU = ("<cpu mode='custom' match='exact'><model fallback='allow'>qemu64</mod
 def definition(suffix, devices):
     xml = tcg_guest_xml(PREFIX + suffix, devices)
     if suffix == "cpu":
-        xml = xml.replace("<domain type='qemu'>", "<domain type='kvm'>").replace("<vcpu>1</vcpu>",
-                                                                                "<vcpu>1</vcpu>" + KVM_CPU)
+        xml = xml.replace("<domain type='qemu'>", "<domain type='kvm'>")
+        xml = xml.replace("<vcpu>1</vcpu>", "<vcpu>1</vcpu>" + KVM_CPU)
     return xml
 
 
