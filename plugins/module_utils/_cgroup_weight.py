@@ -465,10 +465,9 @@ class DomainTarget(object):
             weights = os.path.dirname(group)
         return group, weights
 
-    def current(self, scope):
-        # read only what is asked for: libvirt 9.0 cannot read a running guest's blkio parameters
+    def current(self, scope, kinds):
+        # read only the kinds asked for: libvirt 9.0 cannot read a running guest's blkio parameters
         # at all where the kernel has no I/O weight (neither BFQ nor CFQ), throttles included
-        kinds = set(kind for _key, kind, _path, _value in desired(self.spec))
         blkio = self.dom.blkioParameters(self.flag(scope)) if kinds - {"cpu_weight"} else {}
         sched = self.dom.schedulerParametersFlags(self.flag(scope)) if "cpu_weight" in kinds else {}
         values = {"io_weight": blkio.get("weight"), "cpu_weight": sched.get("cpu_shares")}
@@ -489,9 +488,11 @@ class DomainTarget(object):
             return files[controller]
         dirs = {"io_weight": io_weights, "cpu_weight": self.live_dirs("cpu")[1]}
         settings = []
+        wanted = desired(self.spec)
+        kinds = set(kind for _key, kind, _path, _value in wanted)
         for scope in self.scopes:
-            current = self.current(scope)
-            for key, kind, path, value in desired(self.spec):
+            current = self.current(scope, kinds)
+            for key, kind, path, value in wanted:
                 controller = "cpu" if kind == "cpu_weight" else "io"
                 used = weight_file(controller) if kind in WEIGHTS else None
                 if kind in ("io_weight", "cpu_weight"):
