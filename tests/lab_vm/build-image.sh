@@ -2,7 +2,8 @@
 # Build the lab KVM host image: Debian 12 from Debian packages (debootstrap), SELinux policy
 # installed and labelled offline, every package the tests need baked in.
 # Usage: build-image.sh OUTDIR
-# OUTDIR receives base.qcow2, vmlinuz, initrd.img, id_ed25519(.pub). Called by kvmlab.py,
+# OUTDIR receives base.qcow2, vmlinuz, initrd.img, id_ed25519(.pub), packages.lock (every
+# package's installed version). Called by kvmlab.py,
 # which caches OUTDIR under a key derived from this script, packages.txt and rootfs/.
 set -euo pipefail
 
@@ -49,6 +50,9 @@ mount --bind "$debs" "$root/var/cache/apt/archives"
 chroot "$root" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
   $packages >"$work/apt.log" 2>&1 || fail "apt-get install in the image" "$work/apt.log"
 umount "$root/var/cache/apt/archives"
+# what the names resolved to, kept with the image for bug reports (packages.txt pins nothing:
+# Debian's archive keeps only the newest revision)
+chroot "$root" dpkg-query -W -f='${Package}=${Version}\n' >"$work/packages.lock"
 for m in dev/pts dev sys proc; do umount "$root/$m"; done
 rm -f "$root/usr/sbin/policy-rc.d"
 rm -rf "$root"/var/lib/apt/lists/*
@@ -85,5 +89,5 @@ qemu-img convert -O qcow2 "$work/disk.raw" "$work/base.qcow2"
 mkdir -p "$out"
 cp "$kernel" "$out/vmlinuz"
 cp "$initrd" "$out/initrd.img"
-mv "$work/id_ed25519" "$work/id_ed25519.pub" "$work/base.qcow2" "$out/"
+mv "$work/id_ed25519" "$work/id_ed25519.pub" "$work/base.qcow2" "$work/packages.lock" "$out/"
 echo "lab: image ready in $out" >&2

@@ -9,6 +9,8 @@
     kvmlab.py stop NAME                  stop it and delete its overlay
     kvmlab.py ssh NAME [CMD...]          run a command in it as root
     kvmlab.py info NAME                  print its JSON (host, port, key, pid, ...)
+    kvmlab.py status                     every VM's state and serial console tail (what hung)
+    kvmlab.py prune                      stop every VM, delete run folders and stale images
 
 The base image is cached under $KVMSEC_LAB_CACHE (default ~/.cache/kvmsec-lab), keyed by the
 hash of everything that goes into it, so a second build costs nothing. Each VM boots from a
@@ -28,9 +30,15 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+# scripts/bootstrap links Mitogen's strategy plugins here (docs/mitogen.md)
+MITOGEN_STRATEGY = HERE.parents[1] / ".cache" / "mitogen-strategy"
 CACHE = Path(os.environ.get("KVMSEC_LAB_CACHE", Path.home() / ".cache" / "kvmsec-lab"))
 BOOT_TIMEOUT = int(os.environ.get("KVMSEC_LAB_BOOT_TIMEOUT", "420"))
 MEMORY_MB = os.environ.get("KVMSEC_LAB_MEMORY", "3072")
+# A task on the emulated host takes seconds; one still running after this has hung
+TASK_TIMEOUT = int(os.environ.get("KVMSEC_LAB_TASK_TIMEOUT", "600"))
+# SSH gives up on a VM that stops answering after this many seconds, instead of waiting forever
+SSH_KEEPALIVE = ("-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4")
 KERNEL_ARGS = {
     "selinux": "security=selinux selinux=1 enforcing=1",
     "apparmor": "security=apparmor apparmor=1",
@@ -61,10 +69,20 @@ def build():
     started = time.monotonic()
     subprocess.run([str(HERE / "build-image.sh"), str(image_dir)], check=True)
     print("lab: image built in %.0f s" % (time.monotonic() - started), file=sys.stderr)
-    for stale in image_dir.parent.iterdir():
-        if stale != image_dir and not stale.name.startswith(image_dir.name):
-            shutil.rmtree(stale, ignore_errors=True)
+    prune_images()
     return image_dir
+
+
+def prune_images():
+    """Delete the images of other keys and their failed builds' logs and leftovers."""
+    current = image_key()
+    for stale in (CACHE / "images").glob("*"):
+        if stale.name.startswith(current):
+            continue
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink()
 
 
 def run_dir(name):
@@ -88,9 +106,26 @@ def ssh_argv(info, *command):
     return [
         "ssh", "-q", "-p", str(info["port"]), "-i", info["key"],
         "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
-        "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=10",
+        "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=10", *SSH_KEEPALIVE,
         "root@127.0.0.1", *command,
     ]
+
+
+def ansible_env(strategy="mitogen_linear", base=None):
+    """The environment of an Ansible run against lab VMs: pipelining, as examples/ansible.cfg
+    recommends, a limit on every task, and Mitogen's strategy unless ``strategy`` is "linear"
+    (Ansible's own, which the README's main command proves). Mitogen does not read
+    StrictHostKeyChecking from the inventory's SSH arguments, so host keys go unchecked here:
+    every lab VM has a fresh one."""
+    env = dict(os.environ if base is None else base, ANSIBLE_PIPELINING="true",
+               ANSIBLE_HOST_KEY_CHECKING="False", ANSIBLE_TASK_TIMEOUT=str(TASK_TIMEOUT))
+    env.pop("ANSIBLE_STRATEGY_PLUGINS", None)
+    env["ANSIBLE_STRATEGY"] = strategy
+    if strategy != "linear":
+        if not MITOGEN_STRATEGY.is_dir():
+            raise LabError("no Mitogen strategy plugins at %s: run scripts/bootstrap" % MITOGEN_STRATEGY)
+        env["ANSIBLE_STRATEGY_PLUGINS"] = str(MITOGEN_STRATEGY)
+    return env
 
 
 def qemu_argv(info, image_dir):
@@ -214,10 +249,45 @@ def stop(name):
     shutil.rmtree(directory, ignore_errors=True)
 
 
+def running():
+    """Boot info of every VM that has a run folder."""
+    found = []
+    for info_file in sorted((CACHE / "run").glob("*/vm.json")):
+        try:
+            found.append(json.loads(info_file.read_text()))
+        except ValueError:
+            continue
+    return found
+
+
+def status():
+    """What a failed or hung lab step leaves to read: each VM, whether its QEMU lives, and the
+    tail of its serial console (an RCU stall or a panic shows there)."""
+    lines = []
+    for info in running():
+        lines.append("lab VM %s (port %d): QEMU %s; serial console %s, last lines:\n%s" % (
+            info["name"], info["port"], "running" if qemu_alive(info) else "gone", info["serial"],
+            serial_tail(info, 15)))
+    return "\n".join(lines) or "no lab VM is running"
+
+
+def prune():
+    """Stop every VM and delete the run folders and stale images: a machine that has run the
+    suite many times keeps one image and no overlays. Returns the names of the VMs stopped."""
+    stopped = []
+    for directory in sorted((CACHE / "run").glob("*")):
+        if (directory / "vm.json").exists() and qemu_alive(load_info(directory.name)):
+            stopped.append(directory.name)
+        stop(directory.name)
+    prune_images()
+    return stopped
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("build")
+    for command in ("build", "status", "prune"):
+        sub.add_parser(command)
     boot_parser = sub.add_parser("boot")
     boot_parser.add_argument("name")
     boot_parser.add_argument("--lsm", choices=sorted(KERNEL_ARGS), default="selinux")
@@ -237,6 +307,11 @@ def main(argv=None):
             print(json.dumps(reboot(args.name), indent=2))
         elif args.command == "stop":
             stop(args.name)
+        elif args.command == "status":
+            print(status())
+        elif args.command == "prune":
+            for name in prune():
+                print("lab: stopped %s: one lab VM at a time" % name, file=sys.stderr)
         elif args.command == "info":
             print(json.dumps(load_info(args.name), indent=2))
         elif args.command == "ssh":

@@ -8,6 +8,8 @@ with the VM and stops it (conftest's ``iommu_vm``).
 
 import json
 
+import pytest
+
 
 def test_main_command_hardens_and_the_audit_passes(main_command, main_vm):
     tree, proc = main_command
@@ -50,3 +52,18 @@ def test_check_mode_reads_the_same(main_vm):
     checked, dummy = vm.module("kvm_host_info", {}, check=True)
     assert checked["host"]["selinux"] == normal["host"]["selinux"]
     assert checked["changed"] is False
+
+
+@pytest.mark.parametrize("strategy", ["linear", "mitogen_linear"])
+def test_a_module_respawns_into_the_system_python_for_its_bindings(main_vm, strategy):
+    # python3 -S is a Python without the distribution's packages, as a virtualenv or an
+    # execution environment's would be: libvirt-python is not importable there, so the module
+    # must re-run itself under /usr/bin/python3. Mitogen runs modules inside its own
+    # interpreter, the case ansible-core's respawn was not written for.
+    vm = main_vm
+    assert vm.ssh("python3 -S -c 'import libvirt'", check=False).returncode != 0
+    direct, dummy = vm.module("guest_policy", {"rules": ["memballoon"]}, check=True, strategy=strategy)
+    respawned, output = vm.module("guest_policy", {"rules": ["memballoon"]}, check=True, strategy=strategy,
+                                  task_vars={"ansible_python_interpreter": "/usr/bin/python3 -S"})
+    assert not respawned.get("failed"), output
+    assert respawned["guests"] == direct["guests"]
