@@ -74,19 +74,39 @@ def build():
 
 
 def prune_images():
-    """Delete the images of other keys and their failed builds' logs and leftovers."""
+    """Delete the images of other keys and their failed builds' logs and leftovers. A build
+    killed outright leaves the host's /dev, /proc, /sys and the package cache mounted in its
+    chroot: those are unmounted first, and a folder that still has a mount is left alone."""
     current = image_key()
     for stale in (CACHE / "images").glob("*"):
         if stale.name.startswith(current):
             continue
-        if stale.is_dir():
-            shutil.rmtree(stale, ignore_errors=True)
-        else:
+        if not stale.is_dir():
             stale.unlink()
+            continue
+        for mount in sorted(mounts_under(stale), reverse=True):
+            subprocess.run(["umount", "-l", mount], check=False)
+        if mounts_under(stale):
+            print("lab: left %s alone: something is still mounted in it" % stale, file=sys.stderr)
+        else:
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def mounts_under(directory):
+    prefix = str(directory) + "/"
+    with open("/proc/self/mounts") as mounts:
+        return [line.split()[1] for line in mounts if line.split()[1].startswith(prefix)]
 
 
 def run_dir(name):
     return CACHE / "run" / name
+
+
+def run_files(name):
+    """Where a VM's QEMU keeps its pid and serial console: known before it boots, so a boot
+    killed before it wrote vm.json can still be stopped and read."""
+    directory = run_dir(name)
+    return {"name": name, "pidfile": str(directory / "qemu.pid"), "serial": str(directory / "serial.log")}
 
 
 def load_info(name):
@@ -200,12 +220,8 @@ def boot(name, lsm, iommu):
     if directory.exists():
         stop(name)
     directory.mkdir(parents=True)
-    info = {
-        "name": name, "lsm": lsm, "iommu": iommu, "host": "127.0.0.1", "port": free_port(),
-        "key": str(image_dir / "id_ed25519"), "image": str(image_dir),
-        "overlay": str(directory / "disk.qcow2"), "serial": str(directory / "serial.log"),
-        "pidfile": str(directory / "qemu.pid"),
-    }
+    info = dict(run_files(name), lsm=lsm, iommu=iommu, host="127.0.0.1", port=free_port(),
+                key=str(image_dir / "id_ed25519"), image=str(image_dir), overlay=str(directory / "disk.qcow2"))
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2",
                     "-b", str(image_dir / "base.qcow2"), info["overlay"]], check=True)
     start_qemu(info, image_dir)
@@ -242,43 +258,31 @@ def kill_qemu(info):
 
 
 def stop(name):
-    directory = run_dir(name)
-    info_file = directory / "vm.json"
-    if info_file.exists():
-        kill_qemu(json.loads(info_file.read_text()))
-    shutil.rmtree(directory, ignore_errors=True)
+    kill_qemu(run_files(name))
+    shutil.rmtree(run_dir(name), ignore_errors=True)
 
 
-def running():
-    """Boot info of every VM that has a run folder."""
-    found = []
-    for info_file in sorted((CACHE / "run").glob("*/vm.json")):
-        try:
-            found.append(json.loads(info_file.read_text()))
-        except ValueError:
-            continue
-    return found
+def run_names():
+    return sorted(directory.name for directory in (CACHE / "run").glob("*") if directory.is_dir())
 
 
 def status():
     """What a failed or hung lab step leaves to read: each VM, whether its QEMU lives, and the
-    tail of its serial console (an RCU stall or a panic shows there)."""
+    tail of its serial console (an RCU stall or a panic shows there), booted or still booting."""
     lines = []
-    for info in running():
-        lines.append("lab VM %s (port %d): QEMU %s; serial console %s, last lines:\n%s" % (
-            info["name"], info["port"], "running" if qemu_alive(info) else "gone", info["serial"],
-            serial_tail(info, 15)))
+    for name in run_names():
+        files = run_files(name)
+        lines.append("lab VM %s: QEMU %s; serial console %s, last lines:\n%s" % (
+            name, "running" if qemu_alive(files) else "not running", files["serial"], serial_tail(files, 15)))
     return "\n".join(lines) or "no lab VM is running"
 
 
 def prune():
     """Stop every VM and delete the run folders and stale images: a machine that has run the
     suite many times keeps one image and no overlays. Returns the names of the VMs stopped."""
-    stopped = []
-    for directory in sorted((CACHE / "run").glob("*")):
-        if (directory / "vm.json").exists() and qemu_alive(load_info(directory.name)):
-            stopped.append(directory.name)
-        stop(directory.name)
+    stopped = [name for name in run_names() if qemu_alive(run_files(name))]
+    for name in run_names():
+        stop(name)
     prune_images()
     return stopped
 

@@ -54,16 +54,28 @@ def test_check_mode_reads_the_same(main_vm):
     assert checked["changed"] is False
 
 
-@pytest.mark.parametrize("strategy", ["linear", "mitogen_linear"])
+MITOGEN_RESPAWN = (
+    "Mitogen runs the module inside its own interpreter, with Ansible's module_utils imported from the "
+    "controller: ansible-core's respawn, written for AnsiballZ, does not re-run it under the system Python, "
+    "and the module fails naming the missing binding (docs/mitogen.md)")
+
+
+@pytest.mark.parametrize("strategy", ["linear", pytest.param("mitogen_linear", marks=pytest.mark.xfail(
+    strict=True, reason=MITOGEN_RESPAWN))])
 def test_a_module_respawns_into_the_system_python_for_its_bindings(main_vm, strategy):
-    # python3 -S is a Python without the distribution's packages, as a virtualenv or an
-    # execution environment's would be: libvirt-python is not importable there, so the module
-    # must re-run itself under /usr/bin/python3. Mitogen runs modules inside its own
-    # interpreter, the case ansible-core's respawn was not written for.
+    # A virtualenv without the system's site-packages (made by hand: the image has no
+    # python3-venv) is the interpreter of an execution environment or a pip-installed Ansible:
+    # libvirt-python is not importable there, so the module must re-run itself under
+    # /usr/bin/python3. Mitogen runs modules inside its own long-lived interpreter, the case
+    # ansible-core's respawn was not written for.
     vm = main_vm
-    assert vm.ssh("python3 -S -c 'import libvirt'", check=False).returncode != 0
+    nosite = "/opt/kvmsec-nosite/bin/python3"
+    vm.ssh("mkdir -p /opt/kvmsec-nosite/bin && ln -sfn /usr/bin/python3 %s && printf '%s' "
+           ">/opt/kvmsec-nosite/pyvenv.cfg" % (nosite, "home = /usr/bin\\ninclude-system-site-packages = false\\n"))
+    assert vm.ssh(nosite + " -c 'import libvirt'", check=False).returncode != 0
+    assert vm.ssh(nosite + " -c 'import sys; print(sys.prefix)'").stdout.strip() == "/opt/kvmsec-nosite"
     direct, dummy = vm.module("guest_policy", {"rules": ["memballoon"]}, check=True, strategy=strategy)
     respawned, output = vm.module("guest_policy", {"rules": ["memballoon"]}, check=True, strategy=strategy,
-                                  task_vars={"ansible_python_interpreter": "/usr/bin/python3 -S"})
+                                  task_vars={"ansible_python_interpreter": nosite})
     assert not respawned.get("failed"), output
     assert respawned["guests"] == direct["guests"]
