@@ -95,7 +95,8 @@ def prune_images():
 def mounts_under(directory):
     prefix = str(directory) + "/"
     with open("/proc/self/mounts") as mounts:
-        return [line.split()[1] for line in mounts if line.split()[1].startswith(prefix)]
+        points = [line.split()[1] for line in mounts]
+    return [point for point in points if point.startswith(prefix)]
 
 
 def run_dir(name):
@@ -131,14 +132,14 @@ def ssh_argv(info, *command):
     ]
 
 
-def ansible_env(strategy="mitogen_linear", base=None):
+def ansible_env(strategy="mitogen_linear"):
     """The environment of an Ansible run against lab VMs: pipelining, as examples/ansible.cfg
     recommends, a limit on every task, and Mitogen's strategy unless ``strategy`` is "linear"
     (Ansible's own, which the README's main command proves). Mitogen does not read
     StrictHostKeyChecking from the inventory's SSH arguments, so host keys go unchecked here:
     every lab VM has a fresh one."""
-    env = dict(os.environ if base is None else base, ANSIBLE_PIPELINING="true",
-               ANSIBLE_HOST_KEY_CHECKING="False", ANSIBLE_TASK_TIMEOUT=str(TASK_TIMEOUT))
+    env = dict(os.environ, ANSIBLE_PIPELINING="true", ANSIBLE_HOST_KEY_CHECKING="False",
+               ANSIBLE_TASK_TIMEOUT=str(TASK_TIMEOUT))
     env.pop("ANSIBLE_STRATEGY_PLUGINS", None)
     env["ANSIBLE_STRATEGY"] = strategy
     if strategy != "linear":
