@@ -20,7 +20,7 @@ import os
 import re
 
 from ansible_collections.kvmsec.hardening.plugins.module_utils._command import CommandError, checked
-from ansible_collections.kvmsec.hardening.plugins.module_utils._files import atomic_write
+from ansible_collections.kvmsec.hardening.plugins.module_utils import _files
 
 PROFILE_DIR = "etc/apparmor.d"
 LOADED = "sys/kernel/security/apparmor/profiles"
@@ -123,7 +123,7 @@ def read(path):
 class Plan(object):
     def __init__(self):
         self.profiles = []   # {file, name, before (mode), links, header}
-        self.files = []      # {path, before, after}
+        self.files = []      # _files.FileChange
         self.links = []      # paths of disable/force-complain links to remove
         self.reload = []     # profile files to load again
         self.missing = []    # profile files that do not exist
@@ -153,7 +153,7 @@ def plan(root, enforce, local_rules):
             before = read(local)
             after = with_block(before, local_rules[name])
             if after != (before or ""):
-                result.files.append(dict(path=local, before=before, after=after))
+                result.files.append(_files.FileChange(local, before, after, shown=_shown(root, local)))
                 entry["changes"].append("local rules")
                 needs_reload = True
         if name in enforce:
@@ -163,7 +163,7 @@ def plan(root, enforce, local_rules):
                     result.links.append(link)
                     entry["changes"].append("%s link removed" % kind)
             if fixed != text:
-                result.files.append(dict(path=profile_path, before=text, after=fixed))
+                result.files.append(_files.FileChange(profile_path, text, fixed, shown=_shown(root, profile_path)))
                 entry["changes"].append("complain flag removed")
             if entry["changes"] or entry["mode"] != "enforce":
                 needs_reload = True
@@ -179,11 +179,12 @@ def changed(result):
     return bool(result.files or result.links or result.reload)
 
 
+def _shown(root, path):
+    return os.path.join("/", os.path.relpath(path, root))
+
+
 def diff(result, root):
-    diffs = [dict(before=change["before"] or "", after=change["after"],
-                  before_header=os.path.join("/", os.path.relpath(change["path"], root)),
-                  after_header=os.path.join("/", os.path.relpath(change["path"], root)))
-             for change in result.files]
+    diffs = [change.diff() for change in result.files]
     modes = [profile for profile in result.profiles if profile["mode"] != "enforce"]
     if modes or result.links:
         diffs.append(dict(
@@ -197,24 +198,16 @@ def diff(result, root):
 def apply(result, run):
     """Write the files, remove the links, load the profiles; put everything back on a failure."""
     removed = []
-    written = []
-    try:
-        for change in result.files:
-            directory = os.path.dirname(change["path"])
-            if not os.path.isdir(directory):
-                os.makedirs(directory, 0o755)
-            atomic_write(change["path"], change["after"].encode(), mode=0o644)
-            written.append(change)
+
+    def unlink_and_load():
         for link in result.links:
             removed.append((link, os.readlink(link) if os.path.islink(link) else None))
             os.unlink(link)
         load(run, result.reload)
-    except (AppArmorError, IOError, OSError) as exc:
-        for change in written:
-            if change["before"] is None:
-                os.unlink(change["path"])
-            else:
-                atomic_write(change["path"], change["before"].encode(), mode=0o644)
+
+    try:
+        _files.write_all(result.files, unlink_and_load)
+    except (_files.NotRestored, AppArmorError, IOError, OSError) as exc:
         for link, target in removed:
             if target is not None:
                 os.symlink(target, link)
@@ -223,6 +216,8 @@ def apply(result, run):
                 load(run, [path])
             except AppArmorError:
                 pass
+        if isinstance(exc, _files.NotRestored):
+            raise AppArmorError(str(exc))
         raise AppArmorError("%s; the profile files and links are back as they were" % exc)
 
 

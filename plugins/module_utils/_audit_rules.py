@@ -25,7 +25,7 @@ import os
 import re
 
 from ansible_collections.kvmsec.hardening.plugins.module_utils._command import CommandError, checked
-from ansible_collections.kvmsec.hardening.plugins.module_utils._files import atomic_write, read_text
+from ansible_collections.kvmsec.hardening.plugins.module_utils import _files
 
 HEADER = "## Managed by kvmsec.hardening (audit_rules): edits are replaced on the next run\n"
 IMMUTABLE_RULE = "-e 2"
@@ -100,7 +100,7 @@ def render(rules):
 
 class Plan(object):
     def __init__(self):
-        self.files = []           # {path, before, after (None: remove)}
+        self.files = []           # _files.FileChange
         self.skipped = []         # rules whose watched path does not exist
         self.missing_keys = {}    # key: (wanted, loaded)
         self.wanted_keys = {}     # key: rules of the file carrying it
@@ -121,10 +121,8 @@ def plan(root, rules, path, immutable_path, immutable, loaded_text, status_text)
         else:
             kept.append(rule)
     wanted = [(path, render(kept)), (immutable_path, render([IMMUTABLE_RULE]) if immutable else None)]
-    for file_path, after in wanted:
-        before = read_text(file_path) if os.path.lexists(file_path) else None
-        if before != after:
-            result.files.append(dict(path=file_path, before=before, after=after))
+    changes = [_files.change_to(file_path, after, _files.PRIVATE) for file_path, after in wanted]
+    result.files = [change for change in changes if change]
     loaded = [line.strip() for line in loaded_text.splitlines() if RULE_START.match(line.strip())]
     have = key_counts(loaded)
     result.wanted_keys = key_counts(kept)
@@ -149,8 +147,7 @@ def changed(result):
 
 
 def diff(result):
-    diffs = [dict(before=change["before"] or "", after=change["after"] or "",
-                  before_header=change["path"], after_header=change["path"]) for change in result.files]
+    diffs = [change.diff() for change in result.files]
     if result.missing_keys:
         diffs.append(dict(
             before="".join("%s: %d rules loaded\n" % (key, loaded) for key, (_w, loaded) in sorted(result.missing_keys.items())),
@@ -171,31 +168,28 @@ def apply(result, run, loaded):
     """Write the files and load them; put the files back and load those on a failure.
 
     loaded(): the ``auditctl -l`` text after the load, to prove the kernel has every key."""
-    written = []
+    attempted = []
+
+    def load():
+        if not result.load:
+            return
+        attempted.append("augenrules")
+        checked(run, ["augenrules", "--load"], what="augenrules --load")
+        have = key_counts(line.strip() for line in loaded().splitlines())
+        short = [key for key in result.wanted_keys if have.get(key, 0) < result.wanted_keys[key]]
+        if short:
+            raise AuditRulesError("the kernel did not load the rules of key %s after augenrules --load"
+                                  % ", ".join(short))
+
     try:
-        for change in result.files:
-            if change["after"] is None:
-                os.unlink(change["path"])
-            else:
-                atomic_write(change["path"], change["after"].encode(), mode=0o640)
-            written.append(change)
-        if result.load:
-            checked(run, ["augenrules", "--load"], what="augenrules --load")
-            have = key_counts(line.strip() for line in loaded().splitlines())
-            short = [key for key in result.wanted_keys if have.get(key, 0) < result.wanted_keys[key]]
-            if short:
-                raise AuditRulesError("the kernel did not load the rules of key %s after augenrules --load"
-                                      % ", ".join(short))
-    except (AuditRulesError, CommandError, IOError, OSError) as exc:
-        for change in written:
-            if change["before"] is None:
-                if os.path.exists(change["path"]):
-                    os.unlink(change["path"])
-            else:
-                atomic_write(change["path"], change["before"].encode(), mode=0o640)
-        if result.load:
+        _files.write_all(result.files, load)
+    except (_files.NotRestored, AuditRulesError, CommandError, IOError, OSError) as exc:
+        if attempted:
+            # the files are back: the kernel gets what they held before
             try:
                 checked(run, ["augenrules", "--load"], what="augenrules --load")
             except CommandError:
                 pass
+        if isinstance(exc, _files.NotRestored):
+            raise AuditRulesError(str(exc))
         raise AuditRulesError("%s; the rules files are back as they were" % exc)

@@ -20,7 +20,11 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import os
 import re
+
+from ansible_collections.kvmsec.hardening.plugins.module_utils import _files
+from ansible_collections.kvmsec.hardening.plugins.module_utils._runner import Plan
 
 # auditd.conf(5) of audit 3.0 and 3.1
 KEYWORDS = (
@@ -41,6 +45,27 @@ ACTIONS = {
     "max_log_file_action": ("ignore", "syslog", "suspend", "rotate", "keep_logs"),
     "overflow_action": ("ignore", "syslog", "suspend", "single", "halt"),
 }
+# what each keyword takes (auditd.conf(5) and the parsers of auditd-config.c): a number in a
+# range, yes/no, one of some words, a path or a single word; a value auditd would split into two
+# words is refused for every keyword that has no second word
+INT_MAX = 2147483647
+NUMBERS = {
+    "num_logs": (0, 999), "freq": (0, INT_MAX), "priority_boost": (0, INT_MAX), "max_log_file": (0, INT_MAX),
+    "q_depth": (1, INT_MAX), "max_restarts": (0, INT_MAX), "end_of_event_timeout": (1, INT_MAX),
+    "tcp_listen_port": (1, 65535), "tcp_listen_queue": (1, INT_MAX), "tcp_max_per_addr": (1, 1024),
+    "tcp_client_max_idle": (0, INT_MAX),
+}
+# a number of megabytes, or a percentage of the log partition
+SPACE = ("space_left", "admin_space_left")
+YES_NO = ("local_events", "write_logs", "verify_email", "use_libwrap", "enable_krb5", "distribute_network")
+WORDS = {
+    "log_format": ("raw", "enriched", "nolog"),
+    "flush": ("none", "incremental", "incremental_async", "data", "sync"),
+    "name_format": ("none", "hostname", "fqd", "numeric", "user"),
+    "transport": ("tcp", "krb5"),
+}
+PATHS = ("log_file", "plugin_dir", "krb5_key_file")
+UNIT = "auditd.service"
 LINE_RE = re.compile(r"^[ \t]*([A-Za-z0-9_]+)[ \t]*=[ \t]*(.*?)[ \t\r]*$")
 
 
@@ -89,13 +114,15 @@ def normalize(name, value, known):
     if value is None:
         return None
     if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return str(value)
+        value = "yes" if value else "no"
+    elif isinstance(value, int):
+        value = str(value)
     if not isinstance(value, str) or not value.strip() or re.search(r"[\r\n\0]", value):
         raise AuditdConfError("settings.%s: %r is not a value auditd reads: give a number, yes/no or text on "
                               "one line (null removes the setting)" % (name, value))
     value = value.strip()
+    if name not in ACTIONS and len(value.split()) > 1:
+        raise AuditdConfError("settings.%s: %r is two words; auditd reads only one for %s" % (name, value, name))
     if name in ACTIONS:
         words = value.split()
         action = words[0].lower()
@@ -106,7 +133,29 @@ def normalize(name, value, known):
         if action == "exec" and not words[1].startswith("/"):
             raise AuditdConfError("settings.%s: exec needs the absolute path of the program, not %r"
                                   % (name, words[1]))
+    _check_kind(name, value)
     return value
+
+
+def _check_kind(name, value):
+    """AuditdConfError naming the setting when the value is not of the kind its keyword takes."""
+    if name in NUMBERS or name in SPACE:
+        low, high = NUMBERS.get(name, (0, INT_MAX))
+        number = value[:-1] if name in SPACE and value.endswith("%") else value
+        if not number.isdigit() or not low <= int(number) <= high or (number != value and int(number) > 100):
+            raise AuditdConfError("settings.%s: %r is not a number from %d to %d%s" % (
+                name, value, low, high, " (or a percentage, such as 25%)" if name in SPACE else ""))
+    elif name in YES_NO and value.lower() not in ("yes", "no"):
+        raise AuditdConfError("settings.%s: %r; valid: yes, no" % (name, value))
+    elif name in WORDS and value.lower() not in WORDS[name]:
+        raise AuditdConfError("settings.%s: %r; valid: %s" % (name, value, ", ".join(WORDS[name])))
+    elif name in PATHS and not value.startswith("/"):
+        raise AuditdConfError("settings.%s: %r is not an absolute path" % (name, value))
+    elif name == "tcp_client_ports":
+        ports = value.split("-")
+        if len(ports) > 2 or not all(port.isdigit() and 1 <= int(port) <= 65535 for port in ports) or \
+                int(ports[0]) > int(ports[-1]):
+            raise AuditdConfError("settings.tcp_client_ports: %r is not a port (1-65535) or a range LOW-HIGH" % value)
 
 
 def same(name, current, wanted):
@@ -149,3 +198,49 @@ def plan(text, settings):
     for start, end, replacement in sorted(edits, key=lambda edit: edit[:2], reverse=True):
         new_text = new_text[:start] + replacement + new_text[end:]
     return new_text, changes
+
+
+def reload_auditd(run, systemctl):
+    """Tell a running auditd to read its configuration; False when it does not run."""
+    if not systemctl or run([systemctl, "is-active", "--quiet", UNIT])[0] != 0:
+        return False
+    rc, stdout, stderr = run([systemctl, "kill", "--kill-whom=main", "--signal=SIGHUP", UNIT])
+    if rc != 0:
+        raise AuditdConfError("auditd could not be told to read its configuration (exit %d): %s"
+                              % (rc, (stderr or stdout).strip()))
+    return True
+
+
+def decide(run, path, settings, reload, systemctl):
+    """The plan that sets settings in the file at path, and has a running auditd read it when
+    reload is asked for (systemctl: its path, or None where there is none)."""
+    if not path or not os.path.isabs(path):
+        raise AuditdConfError("path: %r is not an absolute path, such as /etc/audit/auditd.conf" % (path,))
+    if not isinstance(settings, dict):
+        raise AuditdConfError("settings: %r is not a dictionary of keyword: value" % (settings,))
+    try:
+        text = _files.read_text(path)
+    except (IOError, OSError) as exc:
+        raise AuditdConfError("cannot read %s (is auditd installed?): %s" % (path, exc))
+    try:
+        new_text, changes = plan(text, settings)
+    except AuditdConfError as exc:
+        raise AuditdConfError("%s: %s" % (path, exc))
+    result = dict(path=path, changes=changes, reloaded=False)
+    change = _files.change_to(path, new_text)
+
+    def apply():
+        def told():
+            result["reloaded"] = bool(reload) and reload_auditd(run, systemctl)
+
+        try:
+            _files.write_all([change], told)
+        except _files.NotRestored as exc:
+            raise AuditdConfError(str(exc))
+        except (IOError, OSError) as exc:
+            raise AuditdConfError("cannot write %s: %s; it is as it was" % (path, exc.strerror or exc))
+        except AuditdConfError as exc:
+            raise AuditdConfError("%s; %s is back as it was" % (exc, path))
+        return result
+    diff = dict(before=text, after=new_text, before_header=path, after_header=path)
+    return Plan(change is not None, result, diff, (), apply if change else None)

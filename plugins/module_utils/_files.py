@@ -1,7 +1,14 @@
 # -*- coding: utf-8 -*-
 # Copyright: kvmsec.hardening contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Atomic file writes that keep owner, mode and SELinux label. Private to the collection."""
+"""Atomic file writes that keep owner, mode and SELinux label, and the one way a core changes
+several files: all of them, or none. Private to the collection.
+
+The rule for modes and directories, for every core: a file that exists keeps its owner, mode and
+label; a new file gets ``PUBLIC`` (0644, as packages ship configuration) or ``PRIVATE`` (0600, for
+what shows a local user the host's defences that only root may list: audit rules, the firewall's
+table); a missing directory is made 0755, and removed again when a failure puts things back.
+"""
 
 from __future__ import absolute_import, division, print_function
 
@@ -12,6 +19,9 @@ import os
 import tempfile
 
 SELINUX_XATTR = "security.selinux"
+PUBLIC = 0o644
+PRIVATE = 0o600
+DIRECTORY = 0o755
 
 
 def read_text(path, default=None):
@@ -75,4 +85,109 @@ def atomic_write(path, content, mode=0o644):
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        raise
+
+
+def _mode(path):
+    try:
+        return os.lstat(path).st_mode & 0o7777
+    except OSError:
+        return None
+
+
+class FileChange(object):
+    """One file a core changes: its text before (None: absent) and after (None: removed).
+
+    ``shown`` is the path as the diff and the result name it (the host's path when a core works
+    under another root); ``mode`` is a new file's.
+    """
+
+    def __init__(self, path, before, after, mode=PUBLIC, shown=None):
+        self.path = path
+        self.before = before
+        self.after = after
+        self.mode = mode
+        self.shown = shown or path
+        self.before_mode = _mode(path) if before is not None else None
+
+    def diff(self):
+        return dict(before=self.before or "", after=self.after or "",
+                    before_header=self.shown, after_header=self.shown)
+
+
+def change_to(path, after, mode=PUBLIC, shown=None):
+    """The change that leaves path holding after (None: absent), or None when it already does."""
+    before = read_text(path) if os.path.lexists(path) else None
+    if before == after:
+        return None
+    return FileChange(path, before, after, mode, shown)
+
+
+class NotRestored(Exception):
+    """A failure after which some files could not be put back; the message names them."""
+
+    def __init__(self, cause, failures):
+        self.cause = cause
+        self.failures = failures
+        super(NotRestored, self).__init__("%s; could not put back %s" % (
+            cause, ", ".join("%s (%s)" % (path, getattr(exc, "strerror", None) or exc) for path, exc in failures)))
+
+
+def _make_directories(directory):
+    """Make directory and its missing parents; returns those it made, deepest first."""
+    made = []
+    while directory and not os.path.isdir(directory):
+        made.append(directory)
+        directory = os.path.dirname(directory)
+    for path in reversed(made):
+        os.mkdir(path, DIRECTORY)
+    return made
+
+
+def _write(change):
+    if change.after is None:
+        if os.path.lexists(change.path):
+            os.unlink(change.path)
+    else:
+        atomic_write(change.path, change.after, mode=change.mode)
+
+
+def _restore(change):
+    if change.before is None:
+        if os.path.lexists(change.path):
+            os.unlink(change.path)
+    else:
+        atomic_write(change.path, change.before, mode=change.before_mode or change.mode)
+
+
+def write_all(changes, then=None):
+    """Write every change, then call ``then()`` (the load or reload that makes the files count).
+
+    On a failure of either, every file written is put back as it was (and the directories made
+    for them removed) and the failure raised again; when a file cannot be put back, NotRestored
+    is raised instead, naming it and the failure.
+    """
+    written, made = [], []
+    try:
+        for change in changes:
+            made.extend(_make_directories(os.path.dirname(change.path)))
+            # a write that fails leaves the file as it was: only those done are put back
+            _write(change)
+            written.append(change)
+        if then is not None:
+            then()
+    except Exception as exc:
+        failures = []
+        for change in reversed(written):
+            try:
+                _restore(change)
+            except (IOError, OSError) as error:
+                failures.append((change.shown, error))
+        for directory in sorted(made, key=lambda path: path.count(os.sep), reverse=True):
+            try:
+                os.rmdir(directory)
+            except OSError:
+                pass
+        if failures:
+            raise NotRestored(exc, failures)
         raise

@@ -22,6 +22,9 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import ipaddress
+import re
+
 from ansible_collections.kvmsec.hardening.plugins.module_utils._libvirt import (
     LibvirtError,
     edited,
@@ -84,6 +87,16 @@ class Violation(object):
         return {"rule": self.rule, "detail": self.detail, "status": status}
 
 
+def _network_name(name):
+    if not isinstance(name, str) or not re.match(r"^[A-Za-z0-9_.:@+-]{1,64}$", name):
+        return False
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return True
+    return False
+
+
 def validate(policy, known_filters=None):
     """Refuse a policy that can never be met, naming the option and what is valid."""
     unknown = sorted(set(policy["rules"]) - set(RULES))
@@ -101,6 +114,11 @@ def validate(policy, known_filters=None):
     if "nwfilter" in policy["rules"] and not policy["nwfilters"]:
         raise GuestPolicyError("nwfilters: empty; give the traffic filters guest interfaces may use, "
                                "such as clean-traffic")
+    for name in policy["management_networks"]:
+        if not _network_name(name):
+            raise GuestPolicyError("management_networks: %r is not the name of a bridge, libvirt network or "
+                                   "interface (such as br-mgmt or mgmt); guests are matched by the name their "
+                                   "interface's source gives, not by address" % (name,))
     for index, entry in enumerate(policy["exceptions"]):
         where = "exceptions[%d]" % index
         if not (entry.get("reason") or "").strip():

@@ -27,11 +27,16 @@ import re
 import socket
 import struct
 
+from ansible_collections.kvmsec.hardening.plugins.module_utils import _files
+from ansible_collections.kvmsec.hardening.plugins.module_utils._command import CommandError, checked
+from ansible_collections.kvmsec.hardening.plugins.module_utils._runner import Plan
+
 TABLE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9 _.,:/-]{0,63}$")
 INTERFACE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,15}\*?$")
 PROTOCOLS = ("tcp", "udp")
 ESTABLISHED = "01"
+UNIT_DIR = "/etc/systemd/system"
 
 
 class HostFirewallError(Exception):
@@ -240,6 +245,14 @@ def given_connection(value, port):
         raise HostFirewallError("connected_from: %r is not an IP address" % (value,))
 
 
+def connection(given, ssh_connection_variable, proc="/proc"):
+    """The connection the guard checks: the SSH session's (or the given address on its port)."""
+    found = ssh_connection(proc) or from_environment(ssh_connection_variable)
+    if given:
+        return given_connection(given, found["port"] if found else 22)
+    return found
+
+
 UNIT = """# Managed by kvmsec.hardening (host_firewall): loads the nftables table {table} at boot
 [Unit]
 Description=kvmsec host firewall (nftables table inet {table})
@@ -260,3 +273,104 @@ WantedBy=sysinit.target
 
 def unit_text(table, nft, path):
     return UNIT.format(table=table, nft=nft, path=path)
+
+
+def check_path(path):
+    if not path or not os.path.isabs(path) or path.endswith("/") or any(c.isspace() for c in path):
+        raise HostFirewallError("path: %r; give an absolute file path without spaces, such as "
+                                "/etc/kvmsec/firewall.nft" % (path,))
+    return path
+
+
+def loaded_table(run, nft, table):
+    """The host's table as nft prints it, or None when there is none."""
+    rc, stdout, stderr = run([nft, "-s", "list", "table", "inet", table])
+    if rc != 0 and "No such file or directory" in stderr:
+        return None
+    if rc != 0:
+        raise HostFirewallError("nft list table inet %s failed (exit %d): %s" % (table, rc, stderr.strip()))
+    return stdout
+
+
+def wanted_table(run, nft, unshare, table, script):
+    """The table as nft would hold it: loaded and printed in a network namespace of its own."""
+    return _checked(run, [unshare, "--net", "--", "sh", "-c", '"$1" -f - && "$1" -s list table inet "$2"',
+                          "sh", nft, table], "nft (checking the table in a scratch namespace)", data=script)
+
+
+def _checked(run, argv, what, data=None):
+    try:
+        return checked(run, argv, data=data, what=what)
+    except CommandError as exc:
+        raise HostFirewallError(str(exc))
+
+
+def decide(run, tools, table, allow, path, session, unit_dir=UNIT_DIR, relabel=None):
+    """The plan that leaves the table loaded, kept in path and loaded at boot.
+
+    tools: the paths of nft, unshare and systemctl (None where missing); session: the
+    connection the guard checks (``connection()``); relabel(path): gives a written file its
+    default SELinux label.
+    """
+    table = check_table(table)
+    rules = parse_rules(allow)
+    path = check_path(path)
+    guard(rules, session)
+    for tool, package in (("nft", "nftables"), ("unshare", "util-linux"), ("systemctl", "systemd")):
+        if not tools.get(tool):
+            raise HostFirewallError("%s not found: install the %s package" % (tool, package))
+    nft, systemctl = tools["nft"], tools["systemctl"]
+    unit_name = "%s-firewall.service" % table
+    script = render(table, rules)
+    before = loaded_table(run, nft, table)
+    after = wanted_table(run, nft, tools["unshare"], table, script)
+    files = [_files.change_to(path, script, _files.PRIVATE),
+             _files.change_to(os.path.join(unit_dir, unit_name), unit_text(table, nft, path))]
+    enabled = run([systemctl, "is-enabled", "--quiet", unit_name])[0] == 0
+    changes = [what for what, differs in (("table", before != after), ("file", files[0] is not None),
+                                          ("unit", files[1] is not None), ("enabled", not enabled))
+               if differs]
+    result = dict(table="inet %s" % table, path=path, changes=changes, connected_from=session)
+    diff = dict(before=before or "", after=after, before_header="table inet %s (loaded)" % table,
+                after_header="table inet %s (wanted)" % table)
+    warnings = ["host_firewall: rule '%s' lets %s in from anywhere; give it sources to narrow it" % (
+        rule["name"], describe(rule)) for rule in rules if not rule["sources"] and not rule["interfaces"]]
+    written = [change for change in files if change]
+
+    def apply():
+        loaded = []
+
+        def load_and_enable():
+            for change in written:
+                if relabel:
+                    relabel(change.path)
+            if "table" in changes:
+                loaded.append(table)
+                _checked(run, [nft, "-f", path], "nft -f %s" % path)
+            if "unit" in changes:
+                _checked(run, [systemctl, "daemon-reload"], "systemctl daemon-reload")
+            if "enabled" in changes or "unit" in changes:
+                _checked(run, [systemctl, "enable", "--quiet", unit_name], "systemctl enable %s" % unit_name)
+
+        try:
+            _files.write_all(written, load_and_enable)
+        except (_files.NotRestored, HostFirewallError, IOError, OSError) as exc:
+            message = str(exc) if isinstance(exc, (_files.NotRestored, HostFirewallError)) else \
+                "cannot write %s: %s" % (getattr(exc, "filename", None) or path, exc.strerror or exc)
+            if loaded:
+                message += "; " + _load_back(run, nft, table, before)
+            if not isinstance(exc, _files.NotRestored):
+                message += "; %s and the boot unit are as they were" % path
+            raise HostFirewallError(message)
+        return result
+    return Plan(bool(changes), result, diff, warnings, apply if changes else None)
+
+
+def _load_back(run, nft, table, before):
+    """Put the table the host had back (or none, as it had); says what happened."""
+    script = "table inet %s\ndelete table inet %s\n%s" % (table, table, before or "")
+    rc, _stdout, stderr = run([nft, "-f", "-"], data=script)
+    if rc != 0:
+        return "putting back the table that was loaded failed too (%s): check nft list table inet %s" % (
+            stderr.strip(), table)
+    return "the loaded table is as it was"

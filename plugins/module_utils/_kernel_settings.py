@@ -17,7 +17,8 @@ import os
 import re
 
 from ansible_collections.kvmsec.hardening.plugins.module_utils._command import CommandError, checked
-from ansible_collections.kvmsec.hardening.plugins.module_utils._files import atomic_write, read_text
+from ansible_collections.kvmsec.hardening.plugins.module_utils import _files
+from ansible_collections.kvmsec.hardening.plugins.module_utils._files import read_text
 
 SYSCTL_NAME = re.compile(r"^[a-z0-9_]+(\.[A-Za-z0-9_/:@+-]+)+$")
 MODULE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -79,16 +80,24 @@ def write_order(name):
     return 2 if name in ONE_WAY else 1
 
 
-def check(sysctl, blacklist, options, sysctl_file=None):
+def _scalar(value):
+    # a bool would be written True/False, which no sysctl or module parameter reads
+    return isinstance(value, (str, int, float)) and not isinstance(value, bool)
+
+
+def check(sysctl, blacklist, options, sysctl_file=None, modprobe_file=None):
     """Refuse bad input before the host is read, naming the option and what is valid."""
-    if sysctl_file and not sysctl_file.endswith(".conf"):
-        raise KernelError("sysctl_file: %s must end in .conf (systemd-sysctl reads nothing else)" % sysctl_file)
+    for option, path, reader in (("sysctl_file", sysctl_file, "systemd-sysctl"), ("modprobe_file", modprobe_file, "modprobe")):
+        if path is not None and (not os.path.isabs(path) or not path.endswith(".conf") or re.search(r"\s", path)):
+            raise KernelError("%s: %s must end in .conf (%s reads nothing else) and be an absolute path "
+                              "without spaces, such as /etc/%s.d/90-kvmsec.conf"
+                              % (option, path, reader, "sysctl" if option == "sysctl_file" else "modprobe"))
     for name, value in sysctl.items():
         if not SYSCTL_NAME.match(name):
             raise KernelError("sysctl: %r is not a sysctl name (dotted, as sysctl -a prints them, "
                               "for example kernel.kptr_restrict)" % name)
-        if value is None or not normalize(value) or "\n" in str(value):
-            raise KernelError("sysctl: %s needs a value on one line (got %r)" % (name, value))
+        if not _scalar(value) or not normalize(value) or "\n" in str(value):
+            raise KernelError("sysctl: %s needs a value on one line, a number or text (got %r)" % (name, value))
     for name in blacklist:
         if not MODULE_NAME.match(name):
             raise KernelError("blacklist: %r is not a kernel module name (letters, digits, _ and -)" % name)
@@ -98,8 +107,12 @@ def check(sysctl, blacklist, options, sysctl_file=None):
         if not isinstance(parameters, dict) or not parameters:
             raise KernelError("options: %s needs a dict of parameter: value" % name)
         for parameter, value in parameters.items():
-            if not PARAMETER_NAME.match(str(parameter)) or value is None or not normalize(value):
+            if not PARAMETER_NAME.match(str(parameter)) or not _scalar(value) or not str(value).strip():
                 raise KernelError("options: %s: %r=%r is not a module parameter and a value" % (name, parameter, value))
+            if re.search(r"\s", str(value).strip()):
+                raise KernelError("options: %s: %s=%r has a space: modprobe would read the rest as another "
+                                  "parameter; give one word (lists comma-separated, as the module takes them)"
+                                  % (name, parameter, value))
     overlap = set(_module(name) for name in blacklist) & set(_module(name) for name in options)
     if overlap:
         raise KernelError("blacklist and options both name %s: a module kept from loading takes no options"
@@ -198,7 +211,7 @@ def plan(root, owner, sysctl=None, sysctl_file=None, blacklist=None, options=Non
     """The changes that bring the host to the wanted settings; nothing is written. A loaded
     module running with other options is reloaded only when allowed and nothing uses it."""
     sysctl, blacklist, options = sysctl or {}, blacklist or [], options or {}
-    check(sysctl, blacklist, options, sysctl_file)
+    check(sysctl, blacklist, options, sysctl_file, modprobe_file)
     result = Plan()
     if sysctl_file:
         supported = {}
@@ -207,16 +220,18 @@ def plan(root, owner, sysctl=None, sysctl_file=None, blacklist=None, options=Non
             if not os.path.exists(path):
                 result.unsupported.append(name)
                 continue
+            if not os.stat(path).st_mode & 0o222:
+                raise KernelError("sysctl: %s is read-only in this kernel (%s): it cannot be set" % (name, "/" + proc_path(name)))
             supported[name] = sysctl[name]
             result.wanted.append({"name": name, "path": path, "after": normalize(sysctl[name])})
             running = normalize(_read(path))
             if running != normalize(sysctl[name]):
                 result.live.append({"name": name, "path": path, "before": running,
                                     "after": normalize(sysctl[name])})
-        _file_change(result, _path(root, sysctl_file), render_sysctl(supported, owner))
+        _file_change(result, root, _path(root, sysctl_file), render_sysctl(supported, owner))
         result.overridden = overrides(root, sysctl_file, supported)
     if modprobe_file:
-        _file_change(result, _path(root, modprobe_file), render_modprobe(blacklist, options, owner))
+        _file_change(result, root, _path(root, modprobe_file), render_modprobe(blacklist, options, owner))
         users = module_users(root)
         result.loaded = sorted(name for name in set(blacklist) if _module(name) in users)
         for name in sorted(options):
@@ -237,44 +252,30 @@ def plan(root, owner, sysctl=None, sysctl_file=None, blacklist=None, options=Non
     return result
 
 
-def _file_change(result, path, text):
-    before = _read(path)
-    if before != text:
-        result.files.append({"path": path, "before": before, "after": text})
+def _file_change(result, root, path, text):
+    change = _files.change_to(path, text, shown="/" + os.path.relpath(path, root))
+    if change:
+        result.files.append(change)
 
 
 def apply(plan_, run=None):
     """Write the files, then the live values, then reload the modules planned for it (``run``:
     the cores' command runner); on a failure put back what was done and raise."""
-    done_files, done_live = [], []
+    stuck = []
+
+    def live():
+        done = []
+        try:
+            _set_live(plan_, run, done)
+        except Exception:
+            stuck.extend(_roll_back_live(done))
+            raise
+
     try:
-        for change in plan_.files:
-            directory = os.path.dirname(change["path"])
-            if not os.path.isdir(directory):
-                os.makedirs(directory, 0o755)
-            atomic_write(change["path"], change["after"], mode=0o644)
-            done_files.append(change)
-        for change in plan_.live:
-            with open(change["path"], "w") as handle:
-                handle.write(change["after"] + "\n")
-            done_live.append(change)
-        # read every wanted value back: one setting can change another (forwarding resets
-        # accept_redirects), and the kernel may clamp a value it accepted
-        for wanted in plan_.wanted:
-            running = normalize(_read(wanted["path"]))
-            if running != wanted["after"]:
-                raise KernelError("%s reads %r after the run wrote %r: the kernel did not keep it"
-                                  % (wanted["name"], running, wanted["after"]))
-        for name in sorted(set(item["module"] for item in plan_.reloads)):
-            checked(run, ["modprobe", "-r", name], what="modprobe -r %s" % name)
-            checked(run, ["modprobe", name], what="modprobe %s" % name)
-        for item in plan_.reloads:
-            running = _read(item["path"])
-            if running is None or not _same_parameter(running, item["configured"]):
-                raise KernelError("%s runs with %s=%s after its reload, not %s"
-                                  % (item["module"], item["parameter"], normalize(running or "?"), item["configured"]))
+        _files.write_all(plan_.files, live)
+    except _files.NotRestored as exc:
+        raise KernelError(str(exc))
     except (IOError, OSError, KernelError, CommandError) as exc:
-        stuck = _roll_back(done_files, done_live)
         what = exc if isinstance(exc, (KernelError, CommandError)) else "cannot write %s: %s" % (
             getattr(exc, "filename", None) or "a setting", exc.strerror or exc)
         if stuck:
@@ -283,8 +284,30 @@ def apply(plan_, run=None):
         raise KernelError("%s; everything written in this run was put back" % what)
 
 
-def _roll_back(files, live):
-    """Put back files and values; returns the names of values the kernel refused to put back."""
+def _set_live(plan_, run, done):
+    for change in plan_.live:
+        with open(change["path"], "w") as handle:
+            handle.write(change["after"] + "\n")
+        done.append(change)
+    # read every wanted value back: one setting can change another (forwarding resets
+    # accept_redirects), and the kernel may clamp a value it accepted
+    for wanted in plan_.wanted:
+        running = normalize(_read(wanted["path"]))
+        if running != wanted["after"]:
+            raise KernelError("%s reads %r after the run wrote %r: the kernel did not keep it"
+                              % (wanted["name"], running, wanted["after"]))
+    for name in sorted(set(item["module"] for item in plan_.reloads)):
+        checked(run, ["modprobe", "-r", name], what="modprobe -r %s" % name)
+        checked(run, ["modprobe", name], what="modprobe %s" % name)
+    for item in plan_.reloads:
+        running = _read(item["path"])
+        if running is None or not _same_parameter(running, item["configured"]):
+            raise KernelError("%s runs with %s=%s after its reload, not %s"
+                              % (item["module"], item["parameter"], normalize(running or "?"), item["configured"]))
+
+
+def _roll_back_live(live):
+    """Put back live values; returns the names of those the kernel refused to put back."""
     stuck = []
     for change in reversed(live):
         try:
@@ -292,22 +315,12 @@ def _roll_back(files, live):
                 handle.write(change["before"] + "\n")
         except (IOError, OSError):
             stuck.append(change["name"])
-    for change in reversed(files):
-        if change["before"] is None:
-            if os.path.exists(change["path"]):
-                os.unlink(change["path"])
-        else:
-            atomic_write(change["path"], change["before"])
     return sorted(stuck)
 
 
-def diff(plan_, root):
+def diff(plan_):
     """One diff per changed file, and one for the running kernel's values."""
-    diffs = []
-    for change in plan_.files:
-        shown = "/" + os.path.relpath(change["path"], root)
-        diffs.append({"before": change["before"] or "", "after": change["after"],
-                      "before_header": shown, "after_header": shown})
+    diffs = [change.diff() for change in plan_.files]
     if plan_.reloads:
         diffs.append({"before": "".join("%s %s=%s\n" % (i["module"], i["parameter"], i["running"]) for i in plan_.reloads),
                       "after": "".join("%s %s=%s\n" % (i["module"], i["parameter"], i["configured"]) for i in plan_.reloads),

@@ -17,8 +17,10 @@ description:
     given as C(null) is removed, so auditd's built-in default applies.
   - auditd refuses a whole file for one line it cannot read - a reload then keeps the old
     settings and a boot starts no auditd - so a keyword must be one of auditd.conf(5) or already
-    in the file, the C(*_action) keywords one of their actions, and a value text on one line;
-    anything else fails naming the setting, and nothing is written.
+    in the file, the C(*_action) keywords one of their actions, and every value what auditd.conf(5)
+    says its keyword takes - numbers in their range (C(num_logs) up to 999, ports up to 65535),
+    C(yes)/C(no), one of the listed words, absolute paths, one word on one line; anything else
+    fails naming the setting and what is valid, and nothing is written.
   - Actions are compared without regard to case, as auditd reads them.
   - When the file changed and auditd runs, it is told to read it again (C(SIGHUP) through
     systemd, as C(service auditd reload) does where the unit has no reload command); if that
@@ -87,50 +89,14 @@ reloaded:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kvmsec.hardening.plugins.module_utils import _auditd_conf as core
-from ansible_collections.kvmsec.hardening.plugins.module_utils import _files
-from ansible_collections.kvmsec.hardening.plugins.module_utils._runner import Plan, run
-
-UNIT = "auditd.service"
-
-
-def reload_auditd(module):
-    """Tell a running auditd to read its configuration; False when it does not run."""
-    systemctl = module.get_bin_path("systemctl")
-    if not systemctl or module.run_command([systemctl, "is-active", "--quiet", UNIT])[0] != 0:
-        return False
-    rc, stdout, stderr = module.run_command([systemctl, "kill", "--kill-whom=main", "--signal=SIGHUP", UNIT])
-    if rc != 0:
-        raise core.AuditdConfError("auditd could not be told to read its configuration (exit %d): %s"
-                                   % (rc, (stderr or stdout).strip()))
-    return True
+from ansible_collections.kvmsec.hardening.plugins.module_utils._command import module_runner
+from ansible_collections.kvmsec.hardening.plugins.module_utils._runner import run
 
 
 def decide(module):
-    path = module.params["path"]
-    try:
-        text = _files.read_text(path)
-    except (IOError, OSError) as exc:
-        raise core.AuditdConfError("cannot read %s (is auditd installed?): %s" % (path, exc))
-    try:
-        new_text, changes = core.plan(text, module.params["settings"])
-    except core.AuditdConfError as exc:
-        raise core.AuditdConfError("%s: %s" % (path, exc))
-    result = dict(path=path, changes=changes, reloaded=False)
-    diff = dict(before=text, after=new_text, before_header=path, after_header=path)
-
-    def apply():
-        try:
-            _files.atomic_write(path, new_text)
-        except (IOError, OSError) as exc:
-            raise core.AuditdConfError("cannot write %s: %s" % (path, exc))
-        try:
-            result["reloaded"] = module.params["reload"] and reload_auditd(module)
-        except core.AuditdConfError as exc:
-            _files.atomic_write(path, text)
-            raise core.AuditdConfError("%s; %s is back as it was" % (exc, path))
-        return result
-    changed = new_text != text
-    return Plan(changed, result, diff, (), apply if changed else None)
+    params = module.params
+    return core.decide(module_runner(module), params["path"], params["settings"], params["reload"],
+                       module.get_bin_path("systemctl"))
 
 
 def main():

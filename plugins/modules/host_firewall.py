@@ -127,93 +127,17 @@ connected_from:
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.kvmsec.hardening.plugins.module_utils import _files
 from ansible_collections.kvmsec.hardening.plugins.module_utils import _host_firewall as core
-from ansible_collections.kvmsec.hardening.plugins.module_utils._runner import Plan, run
-
-
-def command(module, args, what, data=None):
-    rc, stdout, stderr = module.run_command(args, data=data)
-    if rc != 0:
-        raise core.HostFirewallError("%s failed (exit %d): %s" % (what, rc, (stderr or stdout).strip()))
-    return stdout
-
-
-def loaded_table(module, nft, table):
-    """The host's table as nft prints it, or None when there is none."""
-    rc, stdout, stderr = module.run_command([nft, "-s", "list", "table", "inet", table])
-    if rc != 0 and "No such file or directory" in stderr:
-        return None
-    if rc != 0:
-        raise core.HostFirewallError("nft list table inet %s failed (exit %d): %s" % (table, rc, stderr.strip()))
-    return stdout
-
-
-def wanted_table(module, nft, table, script):
-    """The table as nft would hold it: loaded and printed in a network namespace of its own."""
-    unshare = module.get_bin_path("unshare", required=True)
-    return command(module, [unshare, "--net", "--", "sh", "-c", '"$1" -f - && "$1" -s list table inet "$2"',
-                            "sh", nft, table], "nft (checking the table in a scratch namespace)", data=script)
-
-
-def connection(module):
-    given = module.params["connected_from"]
-    found = core.ssh_connection() or core.from_environment(os.environ.get("SSH_CONNECTION"))
-    if given:
-        return core.given_connection(given, found["port"] if found else 22)
-    return found
+from ansible_collections.kvmsec.hardening.plugins.module_utils._command import module_runner
+from ansible_collections.kvmsec.hardening.plugins.module_utils._runner import run
 
 
 def decide(module):
-    table = core.check_table(module.params["table"])
-    rules = core.parse_rules(module.params["allow"])
-    session = connection(module)
-    core.guard(rules, session)
-    nft = module.get_bin_path("nft")
-    if not nft:
-        raise core.HostFirewallError("nft not found: install the nftables package")
-    systemctl = module.get_bin_path("systemctl", required=True)
-    path = module.params["path"]
-    unit_name = "%s-firewall.service" % table
-    unit_path = os.path.join("/etc/systemd/system", unit_name)
-    script = core.render(table, rules)
-    unit = core.unit_text(table, nft, path)
-    before = loaded_table(module, nft, table)
-    after = wanted_table(module, nft, table, script)
-    old_script = _files.read_text(path) if os.path.exists(path) else None
-    enabled = module.run_command([systemctl, "is-enabled", "--quiet", unit_name])[0] == 0
-    changes = [what for what, differs in (("table", before != after), ("file", old_script != script),
-                                          ("unit", _files.read_text(unit_path, "") != unit), ("enabled", not enabled))
-               if differs]
-    result = dict(table="inet %s" % table, path=path, changes=changes, connected_from=session)
-    diff = dict(before=before or "", after=after, before_header="table inet %s (loaded)" % table,
-                after_header="table inet %s (wanted)" % table)
-    warnings = ["host_firewall: rule '%s' lets %s in from anywhere; give it sources to narrow it" % (
-        rule["name"], core.describe(rule)) for rule in rules if not rule["sources"] and not rule["interfaces"]]
-
-    def apply():
-        directory = os.path.dirname(path)
-        if not os.path.isdir(directory):
-            os.makedirs(directory, 0o755)
-        _files.atomic_write(path, script, mode=0o600)
-        module.set_default_selinux_context(path, False)
-        if "table" in changes:
-            try:
-                command(module, [nft, "-f", path], "nft -f %s" % path)
-            except core.HostFirewallError as exc:
-                if old_script is None:
-                    os.unlink(path)
-                else:
-                    _files.atomic_write(path, old_script)
-                raise core.HostFirewallError("%s; the loaded table and %s are as they were" % (exc, path))
-        if "unit" in changes:
-            _files.atomic_write(unit_path, unit)
-            module.set_default_selinux_context(unit_path, False)
-            command(module, [systemctl, "daemon-reload"], "systemctl daemon-reload")
-        if "enabled" in changes or "unit" in changes:
-            command(module, [systemctl, "enable", "--quiet", unit_name], "systemctl enable %s" % unit_name)
-        return result
-    return Plan(bool(changes), result, diff, warnings, apply if changes else None)
+    params = module.params
+    tools = dict((tool, module.get_bin_path(tool)) for tool in ("nft", "unshare", "systemctl"))
+    session = core.connection(params["connected_from"], os.environ.get("SSH_CONNECTION"))
+    return core.decide(module_runner(module), tools, params["table"], params["allow"], params["path"], session,
+                       relabel=lambda path: module.set_default_selinux_context(path, False))
 
 
 def main():

@@ -162,7 +162,7 @@ def decide(module):
                      params["options"], params["modprobe_file"], params["reload_modules"])
     result = dict(
         live=[dict((key, change[key]) for key in ("name", "before", "after")) for change in plan.live],
-        files=[change["path"] for change in plan.files],
+        files=[change.path for change in plan.files],
         unsupported=plan.unsupported,
         overridden=plan.overridden,
         loaded=plan.loaded,
@@ -172,7 +172,7 @@ def decide(module):
                   for item in plan.reloads],
     )
     apply = (lambda: core.apply(plan, module_runner(module))) if plan.changed else None
-    return Plan(plan.changed, result, core.diff(plan, ROOT), core.warnings(plan), apply)
+    return Plan(plan.changed, result, core.diff(plan), core.warnings(plan), apply)
 
 
 def main():

@@ -113,7 +113,7 @@ def test_turning_immutable_off_removes_its_file(host):
     kernel = Kernel(host[1])
     core.apply(decide(host, kernel, immutable=True), kernel, kernel.listing)
     plan = decide(host, kernel)
-    assert [change["after"] for change in plan.files] == [None]
+    assert [change.after for change in plan.files] == [None]
     core.apply(plan, kernel, kernel.listing)
     assert os.listdir(host[1]) == ["kvm.rules"]
 

@@ -159,6 +159,10 @@ def test_unsafe_disk_cache_qemu_arguments_vhost_and_management_network():
      "exceptions[0] (guest db): reason is empty"),
     ({"exceptions": [{"guest": "db", "rules": ["baloon"], "reason": "x"}]},
      "exceptions[0] (guest db): rules baloon; valid rules:"),
+    ({"management_networks": ["192.0.2.0/24"]}, "management_networks: '192.0.2.0/24' is not the name of a bridge"),
+    ({"management_networks": ["192.0.2.1"]}, "management_networks: '192.0.2.1' is not the name of a bridge"),
+    ({"management_networks": ["br mgmt"]}, "management_networks: 'br mgmt' is not the name of a bridge"),
+    ({"management_networks": [""]}, "management_networks: '' is not the name of a bridge"),
 ])
 def test_bad_policies_are_refused_naming_the_option(changes, message):
     with pytest.raises(core.GuestPolicyError) as caught:

@@ -17,6 +17,8 @@ import pytest
 
 from ansible_collections.kvmsec.hardening.plugins.module_utils import _host_firewall as core
 
+from ansible_collections.kvmsec.hardening.tests.unit.plugins.module_utils.module_stub import Module, outcome
+
 LAB_ALLOW = [
     {"name": "ssh", "ports": ["22"], "sources": ["10.0.2.0/24", "2001:db8::/64", "192.0.2.2"]},
     {"name": "guest dns", "protocol": "udp", "ports": ["53", "67"], "interfaces": ["virbr*"]},
@@ -154,3 +156,141 @@ def test_the_boot_unit_loads_the_kept_script():
 def test_a_rule_is_described_by_protocol_and_ports():
     rules = core.parse_rules(LAB_ALLOW)
     assert [core.describe(rule) for rule in rules] == ["tcp 22", "udp 53, 67", "tcp 49152-49215"]
+
+
+class Host(object):
+    """The host as decide and apply see it: nft runs for real in a network namespace of the
+    test's own (kept between calls, as a host keeps its tables), files under tmp_path; systemd
+    cannot be driven from a unit test, so systemctl is recorded and answers as told."""
+
+    def __init__(self, tmp_path, namespace):
+        self.namespace = namespace
+        self.path = str(tmp_path / "etc" / "kvmsec" / "firewall.nft")
+        self.unit_dir = str(tmp_path / "systemd")
+        os.mkdir(self.unit_dir)
+        self.enabled = False
+        self.failing = None       # a systemctl verb that fails
+        self.systemctl = []
+        self.relabelled = []
+
+    def run(self, argv, data=None):
+        argv = list(argv)
+        if argv[0] == "systemctl":
+            self.systemctl.append(argv[1])
+            if argv[1] == self.failing:
+                return 1, "", "Failed to %s: Access denied" % argv[1]
+            if argv[1] == "is-enabled":
+                return (0 if self.enabled else 1), "", ""
+            self.enabled = self.enabled or argv[1] == "enable"
+            return 0, "", ""
+        if argv[0] == "nft":
+            argv = ["ip", "netns", "exec", self.namespace] + argv
+        done = subprocess.run(argv, input=data, capture_output=True, text=True, check=False)
+        return done.returncode, done.stdout, done.stderr
+
+    def nft(self, *args, **kwargs):
+        return self.run(["nft"] + list(args), **kwargs)
+
+    def decide(self, allow=None, table="kvmsec", path=None, session=None, tools=None):
+        return core.decide(self.run, tools or dict(nft="nft", unshare="unshare", systemctl="systemctl"), table,
+                           LAB_ALLOW if allow is None else allow, path or self.path, session,
+                           unit_dir=self.unit_dir, relabel=self.relabelled.append)
+
+    def unit(self):
+        return os.path.join(self.unit_dir, "kvmsec-firewall.service")
+
+
+@pytest.fixture
+def host(tmp_path):
+    namespace = "kvmsec-test-%d" % os.getpid()
+    subprocess.run(["ip", "netns", "add", namespace], check=True)
+    try:
+        yield Host(tmp_path, namespace)
+    finally:
+        subprocess.run(["ip", "netns", "delete", namespace], check=True)
+
+
+def applied(plan):
+    return plan.apply() if plan.apply else plan.result
+
+
+def test_a_pristine_host_gets_table_file_and_unit_and_check_mode_touches_nothing(host):
+    plan = host.decide()
+    assert plan.changed and plan.result["changes"] == ["table", "file", "unit", "enabled"]
+    assert plan.diff["before"] == "" and 'accept comment "ssh"' in plan.diff["after"]
+    assert host.nft("list", "table", "inet", "kvmsec")[0] != 0
+    assert not os.path.exists(host.path) and not os.path.exists(host.unit())
+    applied(plan)
+    assert host.nft("-s", "list", "table", "inet", "kvmsec")[1] == plan.diff["after"]
+    assert os.stat(host.path).st_mode & 0o777 == 0o600
+    assert os.stat(host.unit()).st_mode & 0o777 == 0o644
+    assert "ExecStart=nft -f %s\n" % host.path in open(host.unit()).read()
+    assert host.systemctl == ["is-enabled", "daemon-reload", "enable"]
+    assert host.relabelled == [host.path, host.unit()]
+    again = host.decide()
+    assert not again.changed and again.apply is None and again.result["changes"] == []
+
+
+def test_a_rule_added_by_hand_is_a_change_of_the_table_only(host):
+    applied(host.decide())
+    assert host.nft("add", "rule", "inet", "kvmsec", "input", "tcp", "dport", "16509", "accept")[0] == 0
+    plan = host.decide()
+    assert plan.result["changes"] == ["table"]
+    assert "16509" in plan.diff["before"] and "16509" not in plan.diff["after"]
+    applied(plan)
+    assert "16509" not in host.nft("list", "table", "inet", "kvmsec")[1]
+
+
+def test_a_failure_after_the_load_puts_table_file_and_unit_back(host):
+    applied(host.decide(allow=LAB_ALLOW[:1]))
+    before = host.nft("-s", "list", "table", "inet", "kvmsec")[1]
+    script, unit = open(host.path).read(), open(host.unit()).read()
+    host.enabled = False
+    host.failing = "enable"
+    plan = host.decide()
+    assert plan.result["changes"] == ["table", "file", "enabled"]
+    with pytest.raises(core.HostFirewallError, match="systemctl enable kvmsec-firewall.service failed .exit 1.: "
+                       "Failed to enable: Access denied; the loaded table is as it was; .* are as they were"):
+        plan.apply()
+    assert host.nft("-s", "list", "table", "inet", "kvmsec")[1] == before
+    assert (open(host.path).read(), open(host.unit()).read()) == (script, unit)
+
+
+def test_on_a_pristine_host_a_failure_leaves_no_table_and_no_file(host):
+    host.failing = "daemon-reload"
+    with pytest.raises(core.HostFirewallError, match="systemctl daemon-reload failed"):
+        host.decide().apply()
+    assert host.nft("list", "table", "inet", "kvmsec")[0] != 0
+    assert not os.path.exists(host.path) and not os.path.exists(os.path.dirname(host.path))
+    assert not os.path.exists(host.unit())
+
+
+def test_a_file_that_cannot_be_written_fails_cleanly_with_nothing_loaded(host, tmp_path):
+    blocker = tmp_path / "etc"
+    blocker.write_text("a file where the directory would go\n")
+    module = Module()
+    kind, result = outcome(module, host.decide, (core.HostFirewallError,), "host_firewall")
+    assert kind == "fail"
+    assert result["msg"].startswith("host_firewall: cannot write ")
+    assert "are as they were" in result["msg"]
+    assert host.nft("list", "table", "inet", "kvmsec")[0] != 0
+    assert host.systemctl == ["is-enabled"]
+
+
+@pytest.mark.parametrize("path", ["firewall.nft", "etc/kvmsec/firewall.nft", "/etc/kvmsec/", "/etc/kv msec.nft",
+                                  "/etc/kvmsec/fire\nwall.nft"])
+def test_a_path_that_is_not_an_absolute_file_path_is_refused_before_anything_runs(host, path):
+    with pytest.raises(core.HostFirewallError, match="path: .*; give an absolute file path"):
+        host.decide(path=path)
+    assert host.systemctl == []
+
+
+def test_without_nft_nothing_is_decided(host):
+    with pytest.raises(core.HostFirewallError, match="nft not found: install the nftables package"):
+        host.decide(tools=dict(nft=None, unshare="unshare", systemctl="systemctl"))
+
+
+def test_the_guard_refuses_before_the_host_is_read(host):
+    with pytest.raises(core.HostFirewallError, match="no rule lets in tcp port 22 from 198.51.100.7"):
+        host.decide(session={"address": "198.51.100.7", "port": 22})
+    assert host.systemctl == []

@@ -52,8 +52,8 @@ def test_plan_writes_the_file_and_the_values_that_differ(host):
     assert [(c["name"], c["before"], c["after"]) for c in plan.live] == [
         ("kernel.kptr_restrict", "0", "2"), ("net.ipv4.conf.eth0/100.rp_filter", "0", "1")]
     assert plan.unsupported == ["kernel.no_such_setting"]
-    assert [c["path"] for c in plan.files] == [os.path.join(host, SYSCTL_FILE.lstrip("/"))]
-    assert "no_such_setting" not in plan.files[0]["after"]
+    assert [c.path for c in plan.files] == [os.path.join(host, SYSCTL_FILE.lstrip("/"))]
+    assert "no_such_setting" not in plan.files[0].after
     assert not os.path.exists(os.path.join(host, SYSCTL_FILE.lstrip("/")))
 
     core.apply(plan)
@@ -67,7 +67,7 @@ def test_plan_writes_the_file_and_the_values_that_differ(host):
 
 def test_diff_shows_each_file_and_the_running_kernel(host):
     plan = core.plan(host, "test", sysctl={"kernel.kptr_restrict": 2}, sysctl_file=SYSCTL_FILE)
-    diffs = core.diff(plan, host)
+    diffs = core.diff(plan)
     assert diffs[0]["before"] == "" and diffs[0]["after_header"] == SYSCTL_FILE
     assert diffs[1] == {"before": "kernel.kptr_restrict = 0\n", "after": "kernel.kptr_restrict = 2\n",
                         "before_header": "running kernel (/proc/sys)",
@@ -140,6 +140,10 @@ def test_a_parameter_that_already_runs_as_configured_needs_no_reload(host):
     ({"options": {"kvm_intel": {"nest ed": 0}}}, "options: kvm_intel: 'nest ed'=0 is not a module parameter"),
     ({"blacklist": ["usb-storage"], "options": {"usb_storage": {"delay_use": 1}}},
      "blacklist and options both name usb_storage"),
+    ({"sysctl": {"kernel.sysrq": [0, 1]}}, "sysctl: kernel.sysrq needs a value on one line, a number or text (got [0, 1])"),
+    ({"sysctl": {"kernel.sysrq": True}}, "sysctl: kernel.sysrq needs a value on one line, a number or text (got True)"),
+    ({"options": {"kvm_intel": {"nested": "0 x=1"}}}, "options: kvm_intel: nested='0 x=1' has a space: modprobe would"),
+    ({"options": {"kvm_intel": {"nested": [0]}}}, "options: kvm_intel: 'nested'=[0] is not a module parameter"),
 ])
 def test_bad_input_is_refused_before_the_host_is_read(host, kwargs, message):
     with pytest.raises(core.KernelError) as error:
@@ -279,3 +283,28 @@ def test_the_sysctl_file_must_be_a_conf_file(host):
     with pytest.raises(core.KernelError) as error:
         core.plan(host, "test", sysctl={"kernel.sysrq": 0}, sysctl_file="/etc/sysctl.d/kvmsec")
     assert "sysctl_file: /etc/sysctl.d/kvmsec must end in .conf" in str(error.value)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"sysctl_file": "sysctl.d/90-kvmsec.conf"}, "sysctl_file: sysctl.d/90-kvmsec.conf must end in .conf"),
+    ({"sysctl_file": "/etc/sysctl.d/90 kvmsec.conf"}, "and be an absolute path without spaces"),
+    ({"modprobe_file": "kvmsec.conf"}, "modprobe_file: kvmsec.conf must end in .conf (modprobe reads nothing else) and be"),
+    ({"modprobe_file": "/etc/modprobe.d/kvmsec"}, "modprobe_file: /etc/modprobe.d/kvmsec must end in .conf"),
+])
+def test_the_files_must_be_absolute_conf_paths(host, kwargs, message):
+    files = dict({"sysctl_file": SYSCTL_FILE, "modprobe_file": MODPROBE_FILE}, **kwargs)
+    with pytest.raises(core.KernelError) as error:
+        core.plan(host, "test", sysctl={"kernel.sysrq": 0}, blacklist=["dccp"], **files)
+    assert message in str(error.value)
+    assert not os.path.exists(os.path.join(host, SYSCTL_FILE.lstrip("/")))
+
+
+def test_a_read_only_sysctl_is_refused_so_check_mode_never_predicts_what_cannot_be_set(host):
+    path = os.path.join(host, "proc/sys/fs/dentry-state")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as handle:
+        handle.write("0\t0\t45\t0\t0\t0\n")
+    os.chmod(path, 0o444)
+    with pytest.raises(core.KernelError) as error:
+        core.plan(host, "test", sysctl={"fs.dentry-state": 1}, sysctl_file=SYSCTL_FILE)
+    assert "sysctl: fs.dentry-state is read-only in this kernel (/proc/sys/fs/dentry-state)" in str(error.value)
