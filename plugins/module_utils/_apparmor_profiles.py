@@ -19,8 +19,9 @@ __metaclass__ = type
 import os
 import re
 
-from ansible_collections.kvmsec.hardening.plugins.module_utils._command import CommandError, checked
 from ansible_collections.kvmsec.hardening.plugins.module_utils import _files
+from ansible_collections.kvmsec.hardening.plugins.module_utils._command import CommandError, checked
+from ansible_collections.kvmsec.hardening.plugins.module_utils._runner import Plan
 
 PROFILE_DIR = "etc/apparmor.d"
 LOADED = "sys/kernel/security/apparmor/profiles"
@@ -120,7 +121,9 @@ def read(path):
         return None
 
 
-class Plan(object):
+class Needed(object):
+    """What the host lacks, read before anything is written: profiles, files, links, reloads."""
+
     def __init__(self):
         self.profiles = []   # {file, name, before (mode), links, header}
         self.files = []      # _files.FileChange
@@ -138,7 +141,7 @@ def plan(root, enforce, local_rules):
     if modes is None:
         raise AppArmorError("AppArmor is not enabled on this host (%s is missing): boot with "
                             "apparmor=1 security=apparmor, or leave this host to SELinux" % ("/" + LOADED))
-    result = Plan()
+    result = Needed()
     for name in sorted(set(enforce) | set(local_rules)):
         profile_path = os.path.join(root, PROFILE_DIR, name)
         text = read(profile_path)
@@ -227,3 +230,15 @@ def load(run, paths):
             checked(run, ["apparmor_parser", "--replace", "--", path], what="apparmor_parser")
         except CommandError as exc:
             raise AppArmorError(str(exc))
+
+
+def decide(run, enforce, local_rules, directories=(), directory_profiles=(), root="/"):
+    """The plan for the module's whole job: directories (the module's read_directories) become
+    read rules in the local files of directory_profiles, beside local_rules."""
+    rules = check_local_rules(local_rules)
+    directory_rules = read_directories(directories, "read_directories")
+    for name in directory_profiles:
+        rules[name] = rules.get(name, []) + directory_rules
+    found = plan(root, enforce, rules)
+    apply_ = (lambda: apply(found, run)) if changed(found) else None
+    return Plan(changed(found), dict(profiles=found.profiles, missing=found.missing), diff(found, root), (), apply_)

@@ -24,8 +24,9 @@ __metaclass__ = type
 import os
 import re
 
-from ansible_collections.kvmsec.hardening.plugins.module_utils._command import CommandError, checked
 from ansible_collections.kvmsec.hardening.plugins.module_utils import _files
+from ansible_collections.kvmsec.hardening.plugins.module_utils._command import CommandError, checked
+from ansible_collections.kvmsec.hardening.plugins.module_utils._runner import Plan
 
 HEADER = "## Managed by kvmsec.hardening (audit_rules): edits are replaced on the next run\n"
 IMMUTABLE_RULE = "-e 2"
@@ -98,7 +99,9 @@ def render(rules):
     return HEADER + "".join(rule + "\n" for rule in rules)
 
 
-class Plan(object):
+class Needed(object):
+    """What the host lacks, read before anything is written: files, keys, the load or reboot."""
+
     def __init__(self):
         self.files = []           # _files.FileChange
         self.skipped = []         # rules whose watched path does not exist
@@ -112,7 +115,7 @@ class Plan(object):
 def plan(root, rules, path, immutable_path, immutable, loaded_text, status_text):
     """What it takes for the file to hold the rules (and the lock when immutable) and the kernel
     to have them loaded. loaded_text and status_text are ``auditctl -l`` and ``auditctl -s``."""
-    result = Plan()
+    result = Needed()
     kept = []
     for rule in rules:
         watch = WATCH.match(rule)
@@ -193,3 +196,26 @@ def apply(result, run, loaded):
         if isinstance(exc, _files.NotRestored):
             raise AuditRulesError(str(exc))
         raise AuditRulesError("%s; the rules files are back as they were" % exc)
+
+
+def decide(run, watches, rules, path, immutable_path, immutable, root="/"):
+    """The plan that leaves the rules in the file at path (and the lock in immutable_path when
+    immutable) and loaded in the kernel."""
+    for option, value in (("path", path), ("immutable_path", immutable_path)):
+        if not value or not os.path.isabs(value) or not value.endswith(".rules") or re.search(r"\s", value):
+            raise AuditRulesError("%s: %r must be an absolute path without spaces ending in .rules (augenrules "
+                                  "reads nothing else), such as /etc/audit/rules.d/kvm.rules" % (option, value))
+    wanted = watch_rules(watches) + check_rules(rules)
+
+    def auditctl(flag):
+        try:
+            return checked(run, ["auditctl", flag], what="auditctl %s" % flag)
+        except CommandError as exc:
+            raise AuditRulesError(str(exc))
+
+    found = plan(root, wanted, path, immutable_path, immutable, auditctl("-l"), auditctl("-s"))
+    result = dict(path=path, missing=found.skipped, reboot_required=found.reboot_required,
+                  unloaded_keys=dict((key, dict(wanted=count, loaded=loaded))
+                                     for key, (count, loaded) in found.missing_keys.items()))
+    apply_ = (lambda: apply(found, run, lambda: auditctl("-l"))) if changed(found) else None
+    return Plan(changed(found), result, diff(found), warnings(found), apply_)

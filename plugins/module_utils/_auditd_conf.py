@@ -226,12 +226,12 @@ def decide(run, path, settings, reload, systemctl):
         new_text, changes = plan(text, settings)
     except AuditdConfError as exc:
         raise AuditdConfError("%s: %s" % (path, exc))
-    result = dict(path=path, changes=changes, reloaded=False)
+    result = dict(path=path, changes=changes, reloaded=[])
     change = _files.change_to(path, new_text)
 
     def apply():
         def told():
-            result["reloaded"] = bool(reload) and reload_auditd(run, systemctl)
+            result["reloaded"] = [UNIT] if reload and reload_auditd(run, systemctl) else []
 
         try:
             _files.write_all([change], told)

@@ -16,9 +16,10 @@ __metaclass__ = type
 import os
 import re
 
-from ansible_collections.kvmsec.hardening.plugins.module_utils._command import CommandError, checked
 from ansible_collections.kvmsec.hardening.plugins.module_utils import _files
+from ansible_collections.kvmsec.hardening.plugins.module_utils._command import CommandError, checked
 from ansible_collections.kvmsec.hardening.plugins.module_utils._files import read_text
+from ansible_collections.kvmsec.hardening.plugins.module_utils._runner import Plan
 
 SYSCTL_NAME = re.compile(r"^[a-z0-9_]+(\.[A-Za-z0-9_/:@+-]+)+$")
 MODULE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -38,13 +39,13 @@ class KernelError(Exception):
     pass
 
 
-class Plan(object):
-    """What a run changes: files (path, before or None, after) and live sysctl values."""
+class Needed(object):
+    """What the host lacks, read before anything is written: files, live values, module reloads."""
 
     def __init__(self):
         self.files = []
         self.live = []
-        self.unsupported = []
+        self.missing = []
         self.loaded = []
         self.reload_required = []
         self.reloads = []
@@ -212,13 +213,13 @@ def plan(root, owner, sysctl=None, sysctl_file=None, blacklist=None, options=Non
     module running with other options is reloaded only when allowed and nothing uses it."""
     sysctl, blacklist, options = sysctl or {}, blacklist or [], options or {}
     check(sysctl, blacklist, options, sysctl_file, modprobe_file)
-    result = Plan()
+    result = Needed()
     if sysctl_file:
         supported = {}
         for name in sorted(sysctl, key=lambda item: (write_order(item), item)):
             path = _path(root, proc_path(name))
             if not os.path.exists(path):
-                result.unsupported.append(name)
+                result.missing.append(name)
                 continue
             if not os.stat(path).st_mode & 0o222:
                 raise KernelError("sysctl: %s is read-only in this kernel (%s): it cannot be set" % (name, "/" + proc_path(name)))
@@ -334,8 +335,8 @@ def diff(plan_):
 
 def warnings(plan_):
     found = []
-    if plan_.unsupported:
-        found.append("not in this kernel, left out: %s" % ", ".join(plan_.unsupported))
+    if plan_.missing:
+        found.append("not in this kernel, left out: %s" % ", ".join(plan_.missing))
     for item in plan_.overridden:
         found.append("%s is set to %s by %s, read after this file at boot: the next boot undoes it"
                      % (item["name"], item["value"], item["file"]))
@@ -347,3 +348,21 @@ def warnings(plan_):
                      "reboots" % (item["module"], item["parameter"], item["running"], item["configured"],
                                   " (%d users now)" % item["users"] if item["users"] else ""))
     return found
+
+
+def decide(run, owner, sysctl, sysctl_file, blacklist, options, modprobe_file, reload_modules, root="/"):
+    """The plan for the module's whole job; owner names the module in the files' header."""
+    found = plan(root, owner, sysctl, sysctl_file, blacklist, options, modprobe_file, reload_modules)
+    result = dict(
+        live=[dict((key, change[key]) for key in ("name", "before", "after")) for change in found.live],
+        files=[change.path for change in found.files],
+        missing=found.missing,
+        overridden=found.overridden,
+        loaded=found.loaded,
+        reload_required=[dict((key, item[key]) for key in ("module", "parameter", "running", "configured", "users"))
+                         for item in found.reload_required],
+        reloaded=[dict((key, item[key]) for key in ("module", "parameter", "running", "configured"))
+                  for item in found.reloads],
+    )
+    apply_ = (lambda: apply(found, run)) if found.changed else None
+    return Plan(found.changed, result, diff(found), warnings(found), apply_)

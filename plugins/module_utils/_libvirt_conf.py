@@ -27,7 +27,11 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import os
 import re
+
+from ansible_collections.kvmsec.hardening.plugins.module_utils import _files
+from ansible_collections.kvmsec.hardening.plugins.module_utils._runner import Plan
 
 # virConfParseName without the LXC and VMX flags, which the daemons' files are read without
 NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
@@ -389,3 +393,33 @@ def masked(text, secret_names=()):
         if is_secret(statement.name, secret_names):
             text = text[:statement.start] + "%s = %s\n" % (statement.name, MASK) + text[statement.end:]
     return text
+
+
+def decide(path, settings, secret_settings, backup=None):
+    """The plan that gives the file at path the settings (secret_settings: those whose values
+    are masked in everything shown); backup(path), when given, copies the file before it changes
+    and returns the copy's name."""
+    if not path or not os.path.isabs(path):
+        raise ConfError("path: %r is not an absolute path, such as /etc/libvirt/qemu.conf" % (path,))
+    try:
+        settings, secret_names = split_secrets(settings, secret_settings)
+        text = _files.read_text(path)
+        new_text, changes = plan(text, settings, secret_names)
+    except ConfError as exc:
+        raise ConfError("%s: %s" % (path, exc))
+    except (IOError, OSError) as exc:
+        raise ConfError("cannot read %s (is libvirt installed?): %s" % (path, exc))
+    result = dict(path=path, changes=changes)
+    diff = dict(before=masked(text, secret_names), after=masked(new_text, secret_names),
+                before_header=path, after_header=path)
+    change = _files.change_to(path, new_text)
+
+    def apply():
+        if backup is not None:
+            result["backup_file"] = backup(path)
+        try:
+            _files.write_all([change])
+        except (IOError, OSError) as exc:
+            raise ConfError("cannot write %s: %s; it is as it was" % (path, exc.strerror or exc))
+        return result
+    return Plan(change is not None, result, diff, (), apply if change else None)

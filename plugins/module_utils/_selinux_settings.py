@@ -179,7 +179,7 @@ def result_of(settings, transaction, relabel_lines):
     return dict(
         booleans=[dict(name=c["name"], value=c["value"], runtime=c["runtime"], persistent=c["persistent"])
                   for c in changed_booleans(settings)],
-        booleans_skipped=settings.skipped,
+        missing=settings.skipped,
         file_contexts=[dict((key, rule[key]) for key in ("path", "expression", "setype", "before"))
                        for rule in settings.rules],
         relabelled=relabelled(relabel_lines),

@@ -95,22 +95,13 @@ missing:
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kvmsec.hardening.plugins.module_utils import _apparmor_profiles as core
 from ansible_collections.kvmsec.hardening.plugins.module_utils._command import module_runner
-from ansible_collections.kvmsec.hardening.plugins.module_utils._runner import Plan, run
-
-ROOT = "/"
+from ansible_collections.kvmsec.hardening.plugins.module_utils._runner import run
 
 
 def decide(module):
     params = module.params
-    local_rules = core.check_local_rules(params["local_rules"])
-    directory_rules = core.read_directories(params["read_directories"], "read_directories")
-    for name in params["read_directories_profiles"]:
-        local_rules[name] = local_rules.get(name, []) + directory_rules
-    plan = core.plan(ROOT, params["enforce"], local_rules)
-    result = dict(profiles=plan.profiles, missing=plan.missing)
-    changed = core.changed(plan)
-    apply = (lambda: core.apply(plan, module_runner(module))) if changed else None
-    return Plan(changed, result, core.diff(plan, ROOT), (), apply)
+    return core.decide(module_runner(module), params["enforce"], params["local_rules"], params["read_directories"],
+                       params["read_directories_profiles"])
 
 
 def main():

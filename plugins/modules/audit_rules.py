@@ -20,7 +20,7 @@ description:
     form - every rule must carry a key (C(-k NAME) or C(-F key=NAME)), and a key with fewer loaded
     rules than the file has (a rule removed by hand with C(auditctl -W) or C(-d)) is a change.
   - A watch (C(-w PATH)) on a path that does not exist on the host is left out of the file and
-    returned in RV(skipped_watches) - auditctl refuses such a watch, and augenrules would fail on it.
+    returned in RV(missing) - auditctl refuses such a watch, and augenrules would fail on it.
   - With O(immutable=true) a second file holds C(-e 2), which locks the rules in the kernel until
     the next boot. On a host whose rules are locked already, changed files are written and
     RV(reboot_required) says they apply after the next boot; the module never reboots.
@@ -102,13 +102,13 @@ path:
   description: The rules file.
   returned: always
   type: str
-skipped_watches:
+missing:
   description: Watches left out because their path does not exist on this host.
   returned: always
   type: list
   elements: str
   sample: ["-w /usr/libexec/qemu-kvm -p wa -k kvm-binaries"]
-missing_keys:
+unloaded_keys:
   description: Keys of which the kernel had (check mode - has) fewer rules loaded than the file, with both counts.
   returned: always
   type: dict
@@ -121,31 +121,14 @@ reboot_required:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kvmsec.hardening.plugins.module_utils import _audit_rules as core
-from ansible_collections.kvmsec.hardening.plugins.module_utils._command import checked, module_runner
-from ansible_collections.kvmsec.hardening.plugins.module_utils._runner import Plan, run
-
-ROOT = "/"
+from ansible_collections.kvmsec.hardening.plugins.module_utils._command import module_runner
+from ansible_collections.kvmsec.hardening.plugins.module_utils._runner import run
 
 
 def decide(module):
     params = module.params
-    rules = core.watch_rules(params["watches"]) + core.check_rules(params["rules"])
-    runner = module_runner(module)
-
-    def auditctl(flag):
-        try:
-            return checked(runner, ["auditctl", flag], what="auditctl %s" % flag)
-        except core.CommandError as exc:
-            raise core.AuditRulesError(str(exc))
-
-    plan = core.plan(ROOT, rules, params["path"], params["immutable_path"], params["immutable"],
-                     auditctl("-l"), auditctl("-s"))
-    result = dict(path=params["path"], skipped_watches=plan.skipped, reboot_required=plan.reboot_required,
-                  missing_keys=dict((key, dict(wanted=wanted, loaded=loaded))
-                                    for key, (wanted, loaded) in plan.missing_keys.items()))
-    changed = core.changed(plan)
-    apply = (lambda: core.apply(plan, runner, lambda: auditctl("-l"))) if changed else None
-    return Plan(changed, result, core.diff(plan), core.warnings(plan), apply)
+    return core.decide(module_runner(module), params["watches"], params["rules"], params["path"],
+                       params["immutable_path"], params["immutable"])
 
 
 def main():

@@ -82,9 +82,11 @@ changes:
   elements: dict
   sample: [{"key": "disk_full_action", "before": "SUSPEND", "after": "SYSLOG"}]
 reloaded:
-  description: Whether the running auditd was told to read the file again.
+  description: The units told to read the file again (check mode - none), C([auditd.service]) or C([]).
   returned: always
-  type: bool
+  type: list
+  elements: str
+  sample: [auditd.service]
 """
 
 from ansible.module_utils.basic import AnsibleModule

@@ -116,7 +116,7 @@ files:
   type: list
   elements: str
   sample: ["/etc/sysctl.d/99-zz-kvmsec-hardening.conf"]
-unsupported:
+missing:
   description: Settings of O(sysctl) this kernel does not have; left out.
   returned: always
   type: list
@@ -151,28 +151,13 @@ reloaded:
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kvmsec.hardening.plugins.module_utils import _kernel_settings as core
 from ansible_collections.kvmsec.hardening.plugins.module_utils._command import module_runner
-from ansible_collections.kvmsec.hardening.plugins.module_utils._runner import Plan, run
-
-ROOT = "/"
+from ansible_collections.kvmsec.hardening.plugins.module_utils._runner import run
 
 
 def decide(module):
     params = module.params
-    plan = core.plan(ROOT, "kernel_settings", params["sysctl"], params["sysctl_file"], params["blacklist"],
-                     params["options"], params["modprobe_file"], params["reload_modules"])
-    result = dict(
-        live=[dict((key, change[key]) for key in ("name", "before", "after")) for change in plan.live],
-        files=[change.path for change in plan.files],
-        unsupported=plan.unsupported,
-        overridden=plan.overridden,
-        loaded=plan.loaded,
-        reload_required=[dict((key, item[key]) for key in ("module", "parameter", "running", "configured", "users"))
-                         for item in plan.reload_required],
-        reloaded=[dict((key, item[key]) for key in ("module", "parameter", "running", "configured"))
-                  for item in plan.reloads],
-    )
-    apply = (lambda: core.apply(plan, module_runner(module))) if plan.changed else None
-    return Plan(plan.changed, result, core.diff(plan), core.warnings(plan), apply)
+    return core.decide(module_runner(module), "kernel_settings", params["sysctl"], params["sysctl_file"],
+                       params["blacklist"], params["options"], params["modprobe_file"], params["reload_modules"])
 
 
 def main():

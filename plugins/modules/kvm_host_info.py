@@ -29,7 +29,7 @@ options:
     description:
       - Fail, listing every reason, when the host is not a usable KVM/libvirt host.
       - Not applied while a package of O(packages) is missing - the host cannot be usable before
-        its packages are installed; the caller installs RV(packages_missing) and asks again.
+        its packages are installed; the caller installs RV(missing) and asks again.
     type: bool
     default: false
   allow_emulation:
@@ -47,7 +47,7 @@ options:
     default: []
   packages:
     description:
-      - Packages the host should have; those not installed are returned in RV(packages_missing).
+      - Packages the host should have; those not installed are returned in RV(missing).
       - Read from dpkg's status file on Debian-family hosts and with C(rpm -q) on rpm hosts; on a
         host with neither, every package counts as missing.
     type: list
@@ -152,7 +152,7 @@ services:
   returned: always
   type: dict
   sample: {"libvirtd": {"enabled": true, "active": true, "masked": false}}
-packages_missing:
+missing:
   description: The packages of O(packages) that are not installed, in their order.
   returned: always
   type: list
@@ -187,11 +187,11 @@ def main():
     problems = _host_facts.readiness_problems(facts, module.params["allow_emulation"])
     if problems and module.params["require_kvm_host"] and not missing:
         module.fail_json(msg="This host cannot run KVM guests: " + "; ".join(problems),
-                         host=facts, problems=problems, packages_missing=missing)
+                         host=facts, problems=problems, missing=missing)
     systemctl = module.get_bin_path("systemctl")
     services = _host_facts.service_states(module.params["services"], run, systemctl)
     module.exit_json(changed=False, host=facts, services=services, problems=problems,
-                     packages_missing=missing)
+                     missing=missing)
 
 
 if __name__ == "__main__":

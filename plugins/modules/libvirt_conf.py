@@ -125,9 +125,8 @@ backup_file:
 from ansible.module_utils import basic
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.validation import check_type_dict
-from ansible_collections.kvmsec.hardening.plugins.module_utils import _files
 from ansible_collections.kvmsec.hardening.plugins.module_utils import _libvirt_conf as core
-from ansible_collections.kvmsec.hardening.plugins.module_utils._runner import Plan, run
+from ansible_collections.kvmsec.hardening.plugins.module_utils._runner import run
 
 
 def leaked_secrets():
@@ -148,28 +147,9 @@ def leaked_secrets():
 
 
 def decide(module):
-    path = module.params["path"]
-    try:
-        settings, secret_names = core.split_secrets(module.params["settings"], module.params["secret_settings"])
-        text = _files.read_text(path)
-        new_text, changes = core.plan(text, settings, secret_names)
-    except core.ConfError as exc:
-        raise core.ConfError("%s: %s" % (path, exc))
-    except (IOError, OSError) as exc:
-        raise core.ConfError("cannot read %s (is libvirt installed?): %s" % (path, exc))
-    result = dict(path=path, changes=changes)
-    diff = dict(before=core.masked(text, secret_names), after=core.masked(new_text, secret_names),
-                before_header=path, after_header=path)
-
-    def apply():
-        if module.params["backup"]:
-            result["backup_file"] = module.backup_local(path)
-        try:
-            _files.atomic_write(path, new_text)
-        except (IOError, OSError) as exc:
-            raise core.ConfError("cannot write %s: %s" % (path, exc))
-        return result
-    return Plan(new_text != text, result, diff, (), apply if new_text != text else None)
+    params = module.params
+    return core.decide(params["path"], params["settings"], params["secret_settings"],
+                       module.backup_local if params["backup"] else None)
 
 
 def main():

@@ -21,7 +21,7 @@ description:
     M(ansible.posix.seboolean) and M(community.general.sefcontext) pay one per boolean or rule (about
     11 seconds each on the emulated lab host). A boolean that differs only in the running kernel (set by
     C(setsebool) without C(-P)) is set there alone, without a rebuild.
-  - Booleans this host's policy does not have are skipped and listed in RV(booleans_skipped)
+  - Booleans this host's policy does not have are skipped and listed in RV(missing)
     (Debian's reference policy lacks several of the RHEL ones).
   - Check mode reads the policy store, the running kernel and C(restorecon -n), and returns what
     the run would change; nothing is written.
@@ -106,8 +106,8 @@ booleans:
   type: list
   elements: dict
   sample: [{"name": "virt_use_nfs", "value": false, "runtime": true, "persistent": false}]
-booleans_skipped:
-  description: Booleans of O(booleans) this host's policy does not have.
+missing:
+  description: Booleans of O(booleans) this host's policy does not have; left out.
   returned: always
   type: list
   elements: str

@@ -11,6 +11,7 @@ import os
 import pytest
 
 from ansible_collections.kvmsec.hardening.plugins.module_utils import _apparmor_profiles as core
+from ansible_collections.kvmsec.hardening.tests.unit.plugins.module_utils.module_stub import returned
 
 LIBVIRTD = ("#include <tunables/global>\n\nprofile libvirtd /usr/sbin/libvirtd flags=(attach_disconnected) {\n"
             "  #include <abstractions/base>\n  profile qemu_bridge_helper {\n  }\n"
@@ -136,3 +137,20 @@ def test_missing_profiles_are_listed_and_a_host_without_apparmor_is_refused(root
 def test_bad_input_names_the_option(call, message):
     with pytest.raises(core.AppArmorError, match=message):
         call()
+
+
+def test_decide_predicts_in_check_mode_and_the_run_does_what_it_predicted(root):
+    parser = Parser()
+
+    def decide():
+        return core.decide(parser, ENFORCE, {}, ["/srv/vms"], ["usr.lib.libvirt.virt-aa-helper"], root=root)
+
+    predicted, _warnings = returned(decide, check_mode=True)
+    assert predicted["changed"] and parser.calls == []
+    assert [profile["changes"] for profile in predicted["profiles"]] == [["local rules", "reloaded"]]
+    assert not os.path.exists(os.path.join(root, "etc/apparmor.d/local/usr.lib.libvirt.virt-aa-helper"))
+    done, _warnings = returned(decide)
+    assert done["profiles"] == predicted["profiles"]
+    assert "/srv/vms/** r," in read(root, "etc/apparmor.d/local/usr.lib.libvirt.virt-aa-helper")
+    again, _warnings = returned(decide)
+    assert not again["changed"] and again["missing"] == []

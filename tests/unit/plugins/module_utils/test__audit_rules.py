@@ -13,6 +13,7 @@ import os
 import pytest
 
 from ansible_collections.kvmsec.hardening.plugins.module_utils import _audit_rules as core
+from ansible_collections.kvmsec.hardening.tests.unit.plugins.module_utils.module_stub import returned
 
 RULES = ["-w /etc/libvirt -p wa -k kvm-config",
          "-w /usr/libexec/qemu-kvm -p wa -k kvm-binaries",
@@ -170,3 +171,42 @@ def test_watches_become_watch_rules_and_bad_ones_name_the_field():
         core.watch_rules([{"path": "dev/kvm", "permissions": "w", "key": "k"}])
     with pytest.raises(core.AuditRulesError, match=r"watches\[0\].key"):
         core.watch_rules([{"path": "/dev/kvm", "permissions": "w", "key": "a b"}])
+
+
+def runner(kernel):
+    """auditctl -l and -s answered by the fake kernel, augenrules --load loading into it."""
+    def run(argv, data=None):
+        if argv[0] == "auditctl":
+            return 0, kernel.listing() if argv[1] == "-l" else kernel.status(), ""
+        return kernel(argv, data)
+    return run
+
+
+def test_decide_predicts_in_check_mode_and_the_run_loads_what_it_predicted(host):
+    root, rules_d = host
+    kernel = Kernel(rules_d)
+    watches = [{"path": "/etc/libvirt", "permissions": "wa", "key": "kvm-config"},
+               {"path": "/usr/libexec/qemu-kvm", "permissions": "wa", "key": "kvm-binaries"}]
+
+    def decide_():
+        return core.decide(runner(kernel), watches, RULES[2:], os.path.join(rules_d, "kvm.rules"),
+                           os.path.join(rules_d, "99-kvmsec-immutable.rules"), False, root=root)
+
+    predicted, _warnings = returned(decide_, check_mode=True)
+    assert predicted["changed"] and os.listdir(rules_d) == [] and kernel.loads == 0
+    assert predicted["missing"] == ["-w /usr/libexec/qemu-kvm -p wa -k kvm-binaries"]
+    assert predicted["unloaded_keys"] == {"kvm-config": {"wanted": 1, "loaded": 0},
+                                          "kvm-modules": {"wanted": 1, "loaded": 0}}
+    done, _warnings = returned(decide_)
+    assert done["changed"] and kernel.loads == 1
+    again, _warnings = returned(decide_)
+    assert not again["changed"] and again["unloaded_keys"] == {} and kernel.loads == 1
+
+
+@pytest.mark.parametrize("option, value", [("path", "kvm.rules"), ("path", "/etc/audit/rules.d/kvm.conf"),
+                                           ("immutable_path", "/etc/audit/rules.d/99 lock.rules")])
+def test_a_rules_file_path_augenrules_would_not_read_is_refused(host, option, value):
+    paths = dict(path="/etc/audit/rules.d/kvm.rules", immutable_path="/etc/audit/rules.d/99-kvmsec-immutable.rules")
+    paths[option] = value
+    with pytest.raises(core.AuditRulesError, match="%s: %r must be an absolute path" % (option, value)):
+        core.decide(runner(Kernel(host[1])), [], RULES, paths["path"], paths["immutable_path"], False, root=host[0])

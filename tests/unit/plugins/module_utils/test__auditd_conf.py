@@ -137,7 +137,7 @@ def test_decide_predicts_and_apply_writes_and_tells_auditd(tmp_path):
     plan = core.decide(auditd.run, str(conf), {"disk_full_action": "SYSLOG"}, True, "systemctl")
     assert plan.changed and plan.result["changes"][0]["after"] == "SYSLOG"
     assert conf.read_text() == DEBIAN and auditd.calls == []
-    assert plan.apply()["reloaded"] is True
+    assert plan.apply()["reloaded"] == ["auditd.service"]
     assert "disk_full_action = SYSLOG\n" in conf.read_text()
     assert auditd.calls == ["is-active", "kill"]
     again = core.decide(auditd.run, str(conf), {"disk_full_action": "syslog"}, True, "systemctl")
@@ -147,7 +147,7 @@ def test_decide_predicts_and_apply_writes_and_tells_auditd(tmp_path):
 def test_auditd_not_running_is_not_told_and_a_failed_signal_puts_the_file_back(tmp_path):
     conf = tmp_path / "auditd.conf"
     conf.write_text(DEBIAN)
-    assert core.decide(Auditd(active=False).run, str(conf), {"freq": 20}, True, "systemctl").apply()["reloaded"] is False
+    assert core.decide(Auditd(active=False).run, str(conf), {"freq": 20}, True, "systemctl").apply()["reloaded"] == []
     written = conf.read_text()
     plan = core.decide(Auditd(failing=True).run, str(conf), {"freq": 30}, True, "systemctl")
     with pytest.raises(core.AuditdConfError, match="Access denied; %s is back as it was" % conf):

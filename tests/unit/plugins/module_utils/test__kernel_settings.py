@@ -7,6 +7,7 @@ import os
 import pytest
 
 from ansible_collections.kvmsec.hardening.plugins.module_utils import _kernel_settings as core
+from ansible_collections.kvmsec.hardening.tests.unit.plugins.module_utils.module_stub import returned
 
 SYSCTL_FILE = "/etc/sysctl.d/99-zz-kvmsec-hardening.conf"
 MODPROBE_FILE = "/etc/modprobe.d/kvmsec-hardening.conf"
@@ -51,7 +52,7 @@ def test_plan_writes_the_file_and_the_values_that_differ(host):
     plan = core.plan(host, "test", sysctl=wanted, sysctl_file=SYSCTL_FILE)
     assert [(c["name"], c["before"], c["after"]) for c in plan.live] == [
         ("kernel.kptr_restrict", "0", "2"), ("net.ipv4.conf.eth0/100.rp_filter", "0", "1")]
-    assert plan.unsupported == ["kernel.no_such_setting"]
+    assert plan.missing == ["kernel.no_such_setting"]
     assert [c.path for c in plan.files] == [os.path.join(host, SYSCTL_FILE.lstrip("/"))]
     assert "no_such_setting" not in plan.files[0].after
     assert not os.path.exists(os.path.join(host, SYSCTL_FILE.lstrip("/")))
@@ -308,3 +309,22 @@ def test_a_read_only_sysctl_is_refused_so_check_mode_never_predicts_what_cannot_
     with pytest.raises(core.KernelError) as error:
         core.plan(host, "test", sysctl={"fs.dentry-state": 1}, sysctl_file=SYSCTL_FILE)
     assert "sysctl: fs.dentry-state is read-only in this kernel (/proc/sys/fs/dentry-state)" in str(error.value)
+
+
+def test_decide_predicts_in_check_mode_and_the_run_does_what_it_predicted(host):
+    def decide():
+        return core.decide(lambda argv, data=None: (0, "", ""), "kernel_settings",
+                           {"kernel.kptr_restrict": 2, "kernel.no_such_setting": 1}, SYSCTL_FILE, ["dccp"], {},
+                           MODPROBE_FILE, False, root=host)
+
+    predicted, warnings = returned(decide, check_mode=True)
+    assert predicted["changed"] and read(host, "proc/sys/kernel/kptr_restrict") == "0\n"
+    assert predicted["live"] == [{"name": "kernel.kptr_restrict", "before": "0", "after": "2"}]
+    assert predicted["missing"] == ["kernel.no_such_setting"]
+    assert "not in this kernel, left out: kernel.no_such_setting" in warnings
+    headers = [diff["before_header"] for diff in predicted["diff"]]
+    assert headers == [SYSCTL_FILE, MODPROBE_FILE, "running kernel (/proc/sys)"]
+    done, _warnings = returned(decide)
+    assert done["files"] == predicted["files"] and read(host, "proc/sys/kernel/kptr_restrict") == "2\n"
+    again, _warnings = returned(decide)
+    assert not again["changed"] and again["live"] == [] and again["files"] == []

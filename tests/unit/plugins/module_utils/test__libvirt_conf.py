@@ -232,3 +232,35 @@ def test_round_trip_on_the_real_qemu_conf():
     kept = [line for line in new_text.splitlines() if line in original]
     assert kept == [line for line in original if line in kept]
     assert conf.plan(new_text, settings) == (new_text, [])
+
+
+def test_decide_predicts_and_apply_writes_with_a_backup_first(tmp_path):
+    path = tmp_path / "qemu.conf"
+    path.write_text('#security_driver = "selinux"\n')
+    backups = []
+    plan = conf.decide(str(path), {"security_require_confined": 1}, {"vnc_password": "s3cret"},
+                       backup=lambda name: backups.append(name) or name + ".bak")
+    assert plan.changed and path.read_text() == '#security_driver = "selinux"\n'
+    assert "s3cret" not in plan.diff["after"] and "vnc_password" in plan.diff["after"]
+    assert plan.apply()["backup_file"] == str(path) + ".bak" and backups == [str(path)]
+    assert "security_require_confined = 1\n" in path.read_text() and "s3cret" in path.read_text()
+    again = conf.decide(str(path), {"security_require_confined": 1}, {"vnc_password": "s3cret"})
+    assert not again.changed and again.apply is None
+
+
+def test_a_file_that_cannot_be_written_fails_cleanly_as_it_was(tmp_path, monkeypatch):
+    path = tmp_path / "qemu.conf"
+    path.write_text("")
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(conf._files, "atomic_write", full)
+    with pytest.raises(conf.ConfError, match="cannot write .*qemu.conf: No space left on device; it is as it was"):
+        conf.decide(str(path), {"security_require_confined": 1}, {}).apply()
+    assert path.read_text() == ""
+
+
+def test_a_relative_path_is_refused():
+    with pytest.raises(conf.ConfError, match="path: 'qemu.conf' is not an absolute path"):
+        conf.decide("qemu.conf", {"security_require_confined": 1}, {})

@@ -78,7 +78,7 @@ def test_booleans_that_differ_go_into_one_transaction_and_missing_ones_are_skipp
     assert plan.result["booleans"] == [
         {"name": "virt_use_execmem", "value": True, "runtime": False, "persistent": False},
         {"name": "virt_use_nfs", "value": False, "runtime": True, "persistent": True}]
-    assert plan.result["booleans_skipped"] == ["staff_use_svirt"]
+    assert plan.result["missing"] == ["staff_use_svirt"]
     assert plan.warnings == []          # the role's defaults hold RHEL's booleans: no warning per run
     assert "boolean virt_use_nfs: on now, on at boot" in plan.diff["before"]
     assert "boolean virt_use_nfs: off now, off at boot" in plan.diff["after"]
