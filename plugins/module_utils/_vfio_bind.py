@@ -33,7 +33,7 @@ import re
 
 from ansible_collections.kvmsec.hardening.plugins.module_utils._command import CommandError, checked
 from ansible_collections.kvmsec.hardening.plugins.module_utils._files import atomic_write
-from ansible_collections.kvmsec.hardening.plugins.module_utils._host_facts import kernel_cmdline
+from ansible_collections.kvmsec.hardening.plugins.module_utils._kvm_host_info import kernel_cmdline
 
 VFIO = "vfio-pci"
 # drivers that declare driver_managed_dma: the kernel lets vfio own a group they sit in

@@ -166,7 +166,7 @@ problems:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.kvmsec.hardening.plugins.module_utils import _host_facts
+from ansible_collections.kvmsec.hardening.plugins.module_utils import _kvm_host_info
 from ansible_collections.kvmsec.hardening.plugins.module_utils._command import module_runner
 
 
@@ -181,15 +181,15 @@ def main():
         supports_check_mode=True,
     )
     run = module_runner(module)
-    missing = _host_facts.missing_packages(module.params["packages"], run=run,
-                                           rpm=module.get_bin_path("rpm"))
-    facts = _host_facts.gather()
-    problems = _host_facts.readiness_problems(facts, module.params["allow_emulation"])
+    missing = _kvm_host_info.missing_packages(module.params["packages"], run=run,
+                                              rpm=module.get_bin_path("rpm"))
+    facts = _kvm_host_info.gather()
+    problems = _kvm_host_info.readiness_problems(facts, module.params["allow_emulation"])
     if problems and module.params["require_kvm_host"] and not missing:
         module.fail_json(msg="This host cannot run KVM guests: " + "; ".join(problems),
                          host=facts, problems=problems, missing=missing)
     systemctl = module.get_bin_path("systemctl")
-    services = _host_facts.service_states(module.params["services"], run, systemctl)
+    services = _kvm_host_info.service_states(module.params["services"], run, systemctl)
     module.exit_json(changed=False, host=facts, services=services, problems=problems,
                      missing=missing)
 

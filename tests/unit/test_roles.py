@@ -5,6 +5,9 @@ names with the same default values, every name carries the role's prefix, the ro
 on/off toggle, and the README mentions every option.
 """
 
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,3 +40,38 @@ def test_role_has_toggle_and_readme(role):
     readme = (ROLES / role / "README.md").read_text()
     missing = [name for name in defaults if name not in readme]
     assert not missing, "README.md of %s does not document %s" % (role, missing)
+
+
+def test_role_readme_variable_tables_are_generated_from_the_argument_specs():
+    done = subprocess.run([sys.executable, str(ROLES.parent / "scripts" / "role_docs.py"), "--check"],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def set_and_registered(tasks):
+    """The variables a task list sets (set_fact) or registers, blocks included."""
+    for task in tasks or []:
+        if not isinstance(task, dict):
+            continue
+        if "register" in task:
+            yield task["register"]
+        facts = task.get("ansible.builtin.set_fact") or task.get("set_fact")
+        if isinstance(facts, dict):
+            for name in facts:
+                if name != "cacheable":
+                    yield name
+        for key in ("block", "rescue", "always"):
+            yield from set_and_registered(task.get(key))
+
+
+@pytest.mark.parametrize("role", ROLE_NAMES)
+def test_what_a_role_sets_is_internal_or_documented_as_published(role):
+    files = sorted((ROLES / role / "tasks").glob("*.yml")) + sorted((ROLES / role / "handlers").glob("*.yml"))
+    names = set(name for path in files for name in set_and_registered(load(path) or []))
+    readme = (ROLES / role / "README.md").read_text()
+    public = sorted(name for name in names if not name.startswith("__%s_" % role))
+    assert all(name.startswith(role + "_") for name in public), "%s sets %s: internals are __%s_*" % (
+        role, public, role)
+    undocumented = [name for name in public if not re.search(r"`%s[`.]" % name, readme)]
+    assert not undocumented, "%s publishes %s without a word in its README (or name them __%s_*)" % (
+        role, undocumented, role)

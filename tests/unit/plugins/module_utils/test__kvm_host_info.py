@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from ansible_collections.kvmsec.hardening.plugins.module_utils import _host_facts
+from ansible_collections.kvmsec.hardening.plugins.module_utils import _kvm_host_info
 
 INTEL_CPUINFO = """processor\t: 0
 vendor_id\t: GenuineIntel
@@ -47,7 +47,7 @@ def kvm_host(tmp_path):
 
 
 def test_gather_reads_a_hardware_kvm_host(kvm_host):
-    facts = _host_facts.gather(kvm_host)
+    facts = _kvm_host_info.gather(kvm_host)
     assert facts["cpu"] == {
         "vendor": "intel",
         "model": "Intel(R) Xeon(R) Gold 6230 CPU @ 2.10GHz",
@@ -63,7 +63,7 @@ def test_gather_reads_a_hardware_kvm_host(kvm_host):
     assert facts["vulnerabilities"] == {"spectre_v2": "Mitigation: Enhanced IBRS"}
     assert facts["qemu_binary"] == "/usr/bin/qemu-system-x86_64"
     assert facts["libvirtd_binary"] == "/usr/sbin/libvirtd"
-    assert _host_facts.readiness_problems(facts, allow_emulation=False) == []
+    assert _kvm_host_info.readiness_problems(facts, allow_emulation=False) == []
 
 
 def test_emulated_lab_host_needs_allow_emulation(tmp_path):
@@ -75,30 +75,30 @@ def test_emulated_lab_host_needs_allow_emulation(tmp_path):
         "usr/libexec/qemu-kvm": "",
         "usr/sbin/virtqemud": "",
     })
-    facts = _host_facts.gather(root)
+    facts = _kvm_host_info.gather(root)
     assert facts["cpu"]["hw_virtualization"] == []
     assert facts["apparmor"] is True and facts["selinux"] == "disabled"
     assert facts["cgroup_version"] == 1
     assert facts["iommu_groups"] == 0
-    problems = _host_facts.readiness_problems(facts, allow_emulation=False)
+    problems = _kvm_host_info.readiness_problems(facts, allow_emulation=False)
     assert len(problems) == 1 and "no vmx/svm flag" in problems[0]
-    assert _host_facts.readiness_problems(facts, allow_emulation=True) == []
+    assert _kvm_host_info.readiness_problems(facts, allow_emulation=True) == []
 
 
 def test_missing_kvm_device_and_software_is_reported(tmp_path):
     root = make_tree(tmp_path, {"proc/cpuinfo": INTEL_CPUINFO})
-    problems = _host_facts.readiness_problems(_host_facts.gather(root), allow_emulation=False)
+    problems = _kvm_host_info.readiness_problems(_kvm_host_info.gather(root), allow_emulation=False)
     assert [p.split(" (")[0] for p in problems] == [
         "no QEMU system emulator", "no libvirt daemon", "/dev/kvm is missing: load kvm_intel or kvm_amd"]
 
 
 def test_permissive_selinux(tmp_path):
-    assert _host_facts.selinux_mode(make_tree(tmp_path, {"sys/fs/selinux/enforce": "0"})) == "permissive"
+    assert _kvm_host_info.selinux_mode(make_tree(tmp_path, {"sys/fs/selinux/enforce": "0"})) == "permissive"
 
 
 def test_gather_on_this_machine_is_consistent():
     """The real /proc and /sys of the machine running the tests."""
-    facts = _host_facts.gather()
+    facts = _kvm_host_info.gather()
     assert facts["kvm_device"] == os.path.exists("/dev/kvm")
     assert facts["cgroup_version"] in (1, 2)
     assert facts["kernel_cmdline"] == open("/proc/cmdline").read().split()
@@ -119,8 +119,8 @@ def test_service_states_from_systemctl_show():
         calls.append(argv)
         return 0, SYSTEMCTL_SHOW, ""
 
-    states = _host_facts.service_states(["libvirtd", "nosuch", "virtlogd", "libvirtd-tcp.socket"], run,
-                                        "/usr/bin/systemctl")
+    states = _kvm_host_info.service_states(["libvirtd", "nosuch", "virtlogd", "libvirtd-tcp.socket"], run,
+                                           "/usr/bin/systemctl")
     assert calls == [["/usr/bin/systemctl", "show", "--property=UnitFileState,ActiveState", "--",
                       "libvirtd", "nosuch", "virtlogd", "libvirtd-tcp.socket"]]
     assert states == {"libvirtd": {"enabled": True, "active": True, "masked": False},
@@ -138,9 +138,9 @@ def test_service_states_are_unknown_where_systemd_cannot_say():
     # this development machine has systemctl but no systemd as PID 1: systemctl show fails
     systemctl = shutil.which("systemctl")
     if systemctl and not os.path.isdir("/run/systemd/system"):
-        assert _host_facts.service_states(["libvirtd"], real, systemctl) == unknown
-    assert _host_facts.service_states(["libvirtd"], real, None) == unknown
-    assert _host_facts.service_states([], real, systemctl) == {}
+        assert _kvm_host_info.service_states(["libvirtd"], real, systemctl) == unknown
+    assert _kvm_host_info.service_states(["libvirtd"], real, None) == unknown
+    assert _kvm_host_info.service_states([], real, systemctl) == {}
 
 
 # the shape of Debian 12's /boot/config-6.1.0-*-amd64
@@ -158,27 +158,27 @@ CONFIG_UNRELATED=y
 
 
 def test_kernel_config_keeps_the_options_the_controls_read():
-    values = _host_facts.parse_kernel_config(DEBIAN_CONFIG)
+    values = _kvm_host_info.parse_kernel_config(DEBIAN_CONFIG)
     assert values == {"CONFIG_KVM": "m", "CONFIG_KVM_INTEL": "m", "CONFIG_KVM_AMD": "n",
                       "CONFIG_SECURITY_SELINUX": "y", "CONFIG_STRICT_KERNEL_RWX": "y",
                       "CONFIG_RETPOLINE": "y"}
-    assert _host_facts.parse_kernel_config('CONFIG_LSM="a,b"\n', options=("CONFIG_LSM",)) == {"CONFIG_LSM": "a,b"}
+    assert _kvm_host_info.parse_kernel_config('CONFIG_LSM="a,b"\n', options=("CONFIG_LSM",)) == {"CONFIG_LSM": "a,b"}
 
 
 def test_kernel_config_of_the_running_release_from_boot(tmp_path):
     root = make_tree(tmp_path, {"proc/sys/kernel/osrelease": "6.1.0-28-amd64\n",
                                 "boot/config-6.1.0-28-amd64": DEBIAN_CONFIG,
                                 "boot/config-6.1.0-27-amd64": "CONFIG_KVM=y\n"})
-    path, values = _host_facts.kernel_config(root)
+    path, values = _kvm_host_info.kernel_config(root)
     assert path == "/boot/config-6.1.0-28-amd64" and values["CONFIG_KVM"] == "m"
-    facts = _host_facts.gather(root)
+    facts = _kvm_host_info.gather(root)
     assert facts["kernel_release"] == "6.1.0-28-amd64" and facts["kernel_config"] == values
 
 
 def test_kernel_config_of_this_machine_from_proc_config_gz():
     if not os.path.exists("/proc/config.gz"):
         pytest.skip("this kernel does not offer /proc/config.gz")
-    path, values = _host_facts.kernel_config("/")
+    path, values = _kvm_host_info.kernel_config("/")
     release = os.uname().release
     if path != "/proc/config.gz":
         assert path == "/boot/config-" + release
@@ -189,7 +189,7 @@ def test_kernel_config_of_this_machine_from_proc_config_gz():
 
 def test_without_a_readable_config_the_controls_see_none(tmp_path):
     root = make_tree(tmp_path, {"proc/sys/kernel/osrelease": "6.1.0-28-amd64\n"})
-    assert _host_facts.kernel_config(root) == (None, {})
+    assert _kvm_host_info.kernel_config(root) == (None, {})
 
 
 def efivar(value):
@@ -201,15 +201,15 @@ def efivar(value):
     ({}, None),                                            # BIOS boot, as the lab VM
     ({"sys/firmware/efi/.keep": b""}, None),               # UEFI, efivarfs not mounted
     ({"sys/firmware/efi/efivars/Boot0000-8be4df61-93ca-11d2-aa0d-e0a9d3e4f8ff": b""}, False),  # no such variable
-    ({_host_facts.EFI_SECURE_BOOT: efivar(0)}, False),
-    ({_host_facts.EFI_SECURE_BOOT: efivar(1)}, True),
+    ({_kvm_host_info.EFI_SECURE_BOOT: efivar(0)}, False),
+    ({_kvm_host_info.EFI_SECURE_BOOT: efivar(1)}, True),
 ])
 def test_secure_boot_from_the_efi_variable(tmp_path, files, expected):
     for relative, data in files.items():
         path = tmp_path / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
-    assert _host_facts.secure_boot(str(tmp_path)) is expected
+    assert _kvm_host_info.secure_boot(str(tmp_path)) is expected
 
 
 def test_lockdown_signature_enforcement_and_nested_virtualization(tmp_path):
@@ -218,11 +218,11 @@ def test_lockdown_signature_enforcement_and_nested_virtualization(tmp_path):
         "sys/module/module/parameters/sig_enforce": "Y\n",
         "sys/module/kvm_intel/parameters/nested": "Y\n",
     })
-    facts = _host_facts.gather(root)
+    facts = _kvm_host_info.gather(root)
     assert facts["lockdown"] == "integrity" and facts["module_sig_enforce"] is True
     assert facts["nested"] == {"kvm_intel": True}
     assert facts["uefi"] is False and facts["secure_boot"] is None
-    bare = _host_facts.gather(make_tree(tmp_path / "bare", {}))
+    bare = _kvm_host_info.gather(make_tree(tmp_path / "bare", {}))
     assert bare["lockdown"] is None and bare["module_sig_enforce"] is None and bare["nested"] == {}
 
 
@@ -252,13 +252,13 @@ Architecture: amd64
 def test_missing_packages_from_dpkg_status(tmp_path):
     root = make_tree(tmp_path, {"var/lib/dpkg/status": DPKG_STATUS})
     names = ["libvirt-daemon-system", "auditd", "libc6", "qemu-utils"]
-    assert _host_facts.missing_packages(names, root) == ["auditd", "qemu-utils"]
-    assert _host_facts.missing_packages([], root) == []
+    assert _kvm_host_info.missing_packages(names, root) == ["auditd", "qemu-utils"]
+    assert _kvm_host_info.missing_packages([], root) == []
 
 
 def test_missing_packages_on_this_machine():
     """This Debian machine's real dpkg database: dpkg is installed, the other name exists nowhere."""
-    assert _host_facts.missing_packages(["dpkg", "kvmsec-no-such-package"]) == ["kvmsec-no-such-package"]
+    assert _kvm_host_info.missing_packages(["dpkg", "kvmsec-no-such-package"]) == ["kvmsec-no-such-package"]
 
 
 def test_missing_packages_through_rpm_and_without_a_package_manager(tmp_path):
@@ -270,6 +270,6 @@ def test_missing_packages_through_rpm_and_without_a_package_manager(tmp_path):
         return 1, "libvirt-daemon\npackage qemu-img is not installed\n", ""
 
     root = str(tmp_path)
-    assert _host_facts.missing_packages(["libvirt-daemon", "qemu-img"], root, run, "/usr/bin/rpm") == ["qemu-img"]
+    assert _kvm_host_info.missing_packages(["libvirt-daemon", "qemu-img"], root, run, "/usr/bin/rpm") == ["qemu-img"]
     assert calls == [["/usr/bin/rpm", "-q", "--queryformat", "%{NAME}\n", "libvirt-daemon", "qemu-img"]]
-    assert _host_facts.missing_packages(["libvirt-daemon"], root) == ["libvirt-daemon"]
+    assert _kvm_host_info.missing_packages(["libvirt-daemon"], root) == ["libvirt-daemon"]
