@@ -11,6 +11,9 @@ class ModuleDocFragment(object):
     """The connection option of every module that talks to libvirt."""
 
     DOCUMENTATION = r"""
+requirements:
+  - libvirt-python (Debian C(python3-libvirt)) on the target. When the module's interpreter
+    lacks it, the module re-runs itself under the system Python that has it.
 options:
   uri:
     description:

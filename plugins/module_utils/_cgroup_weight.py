@@ -33,6 +33,8 @@ import os
 import re
 import stat as stat_module
 
+from ansible_collections.kvmsec.hardening.plugins.module_utils._runner import Plan
+
 SCALE_MIN = 1
 SCALE_MAX = 10000
 SCALE_DEFAULT = 100
@@ -837,3 +839,10 @@ def report(planned):
         after[target.name] = dict(("%s %s" % (s.scope, s.key), s.after) for s in settings)
     changed = any(entry["changed"] for entry in guests)
     return changed, guests, {"before": before, "after": after}
+
+
+def decide(guests, host, scope, conn=None):
+    """The plan for the module's whole job: every guest's weights and throttles."""
+    planned = plan(build_targets(guests, host, scope, conn))
+    changed, results, diff = report(planned)
+    return Plan(changed, {"guests": results}, diff, notes(host, planned), lambda: apply(planned))

@@ -83,6 +83,23 @@ class Connection(object):
                 self._volumes[key] = None
         return self._volumes[key]
 
+    def pool_volumes(self, pool, refresh=False):
+        """[(name, path, format)] of the pool's volumes in name order (format as the volume's
+        XML gives it, None when it gives none); refresh first reads the pool's directory again."""
+        try:
+            handle = self.conn.storagePoolLookupByName(pool)
+        except self.error:
+            raise LibvirtError("pools: no libvirt storage pool %s on this host" % pool)
+        if not handle.isActive():
+            raise LibvirtError("pools: the storage pool %s is not active: start it (virsh pool-start %s)" % (pool, pool))
+        if refresh:
+            handle.refresh(0)
+        volumes = []
+        for volume in handle.listAllVolumes(0):
+            target = parse(volume.XMLDesc(0), "volume XML of %s" % volume.name()).find("target/format")
+            volumes.append((volume.name(), volume.path(), None if target is None else target.get("type")))
+        return sorted(volumes)
+
     def capabilities(self):
         return self.conn.getCapabilities()
 
@@ -137,6 +154,21 @@ class Domain(object):
         # a transient guest's inactive XML is the definition it runs
         self.config_xml = handle.XMLDesc(XML_INACTIVE | XML_SECURE)
         self.live_xml = handle.XMLDesc(0) if self.active else None
+
+    def is_active(self):
+        """Whether the guest runs now: asked again, not as it was read."""
+        return bool(self.handle.isActive())
+
+    def shutdown(self):
+        """Ask the guest's OS to shut down (ACPI); it may take its time, or ignore it."""
+        self.handle.shutdown()
+
+    def destroy(self):
+        """Power the guest off at once, as pulling the plug does."""
+        self.handle.destroy()
+
+    def start(self):
+        self.handle.create()
 
     def disks(self, live=False):
         """The disks of the definition (or of the running guest), pool volumes resolved."""

@@ -3,7 +3,7 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """LUKS encryption of qcow2 images, done safely. Private to the collection: not a public API.
 
-``plan(run, request, conn)`` is the whole job of the qcow2_encrypt module: inspect the image and
+``decide(run, request, conn)`` is the whole job of the qcow2_encrypt module: inspect the image and
 decide what has to change (a ``_runner.Plan``, check mode's answer); its ``apply`` carries it out:
 ``qemu-img convert`` to a temporary file beside the image, ``qemu-img compare`` of both
 images opened with their secrets, owner/mode/SELinux label copied, fsync, atomic rename.
@@ -827,7 +827,7 @@ def public(facts):
                                         "virtual_size", "backing_file"))
 
 
-def plan(run, request, conn=None):
+def decide(run, request, conn=None):
     """Inspect the image and decide: a ``_runner.Plan`` whose result is what check mode answers,
     and whose ``apply`` converts, updates libvirt and returns the result as the image is after
     (never a secret)."""

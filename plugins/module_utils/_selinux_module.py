@@ -967,7 +967,7 @@ def check_priority(priority):
         raise SelinuxModuleError("priority must be 1-999 (local modules: 400), not %s" % priority)
 
 
-def plan_modules(sources, manager, warnings=()):
+def decide(sources, manager, warnings=()):
     """Build the read sources (``prepare``) and compare them with the store: a ``_runner.Plan``
     whose result (modules, transaction) is check mode's answer, the store as it will list, and
     whose ``apply`` runs the one transaction, keeps the versions and returns the result as the

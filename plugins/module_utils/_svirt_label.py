@@ -43,6 +43,7 @@ from ansible_collections.kvmsec.hardening.plugins.module_utils._libvirt import (
     find,
     parse,
 )
+from ansible_collections.kvmsec.hardening.plugins.module_utils._runner import Plan
 
 MODELS = ("selinux", "apparmor")
 TYPES = ("dynamic", "static", "none")
@@ -854,3 +855,20 @@ def write_report(path, text):
         os.makedirs(directory, 0o700)
     atomic_write(path, text, mode=0o600)
     return True
+
+
+def decide(conn, params, host, run):
+    """The plan for the module's whole job: the requested labels, the labels report and its file."""
+    evaluation = evaluate(conn, params, host)
+    changed, result, warnings = summary(evaluation)
+    result["report_written"] = False
+
+    def apply_():
+        apply(evaluation.plans, conn.define, host, run)
+        if params["report_path"]:
+            try:
+                result["report_written"] = write_report(params["report_path"], labels_report(result))
+            except (IOError, OSError) as exc:
+                raise SvirtError("report_path %s: %s" % (params["report_path"], exc))
+        return result
+    return Plan(changed, result, diff(evaluation.plans), warnings, apply_)

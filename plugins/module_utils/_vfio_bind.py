@@ -34,6 +34,7 @@ import re
 from ansible_collections.kvmsec.hardening.plugins.module_utils._command import CommandError, checked
 from ansible_collections.kvmsec.hardening.plugins.module_utils._files import atomic_write
 from ansible_collections.kvmsec.hardening.plugins.module_utils._kvm_host_info import kernel_cmdline
+from ansible_collections.kvmsec.hardening.plugins.module_utils._runner import Plan
 
 VFIO = "vfio-pci"
 # drivers that declare driver_managed_dma: the kernel lets vfio own a group they sit in
@@ -475,7 +476,7 @@ class Change(object):
                 or self.device.override != self.after_override)
 
 
-class Plan(object):
+class Needed(object):
     def __init__(self, host, state, changes, entries, warnings, needs_vfio_module):
         self.state = state
         self.changes = changes
@@ -509,7 +510,7 @@ def plan(host, selectors, state="bound", persistent=True, force=False):
             entries[change.device.address] = change.entry
     needs_module = (state == "bound" and not host.exists(PCI_DRIVERS + "/" + VFIO)
                     and any(c.sysfs_changes for c in changes))
-    return Plan(host, state, changes, entries, warnings, needs_module)
+    return Needed(host, state, changes, entries, warnings, needs_module)
 
 
 # ---------------------------------------------------------------- apply
@@ -724,3 +725,22 @@ def report(host, planned, applied):
         "state_file": "/" + STATE_FILE,
         "diff": diff(planned),
     }
+
+
+def _results(found):
+    """The module's result from report(), whose changed and diff the Plan carries."""
+    return dict((key, value) for key, value in found.items() if key not in ("changed", "diff"))
+
+
+def decide(host, run, tools, devices, state="bound", persistent=True, force=False):
+    """The plan for the module's whole job; applied, the result is the devices as they are after."""
+    planned = plan(host, devices, state=state, persistent=persistent, force=force)
+    found = report(host, planned, applied=False)
+    result = Plan(planned.changed, _results(found), found["diff"], planned.warnings)
+
+    def apply_():
+        if planned.changed:
+            result.warnings.extend(apply(host, run, planned, tools))
+        return _results(report(host, planned, applied=True))
+    result.apply = apply_
+    return result

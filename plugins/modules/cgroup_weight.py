@@ -31,9 +31,6 @@ description:
     out of range or a missing controller changes nothing, and a failure while writing restores
     the values already written.
 author: kvmsec.hardening developers (@kvmsec)
-requirements:
-  - libvirt-python (Debian C(python3-libvirt)) on the target, for domain guests. When the
-    module's interpreter lacks it, the module re-runs itself under the system Python that has it.
 options:
   guests:
     description:
@@ -259,7 +256,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kvmsec.hardening.plugins.module_utils import _cgroup_weight as core
 from ansible_collections.kvmsec.hardening.plugins.module_utils._libvirt import URI_SPEC
 from ansible_collections.kvmsec.hardening.plugins.module_utils._respawn import libvirt_connection, libvirt_errors
-from ansible_collections.kvmsec.hardening.plugins.module_utils._runner import Plan, run
+from ansible_collections.kvmsec.hardening.plugins.module_utils._runner import run
 
 
 DEVICE_SPEC = dict(
@@ -287,10 +284,7 @@ def decide(module):
     conn = None
     if any(guest["target"] == "domain" for guest in guests):
         conn = libvirt_connection(module, module.params["uri"])
-    host = core.Host(version=module.params["cgroup_version"])
-    planned = core.plan(core.build_targets(guests, host, module.params["scope"], conn))
-    changed, results, diff = core.report(planned)
-    return Plan(changed, {"guests": results}, diff, core.notes(host, planned), lambda: core.apply(planned))
+    return core.decide(guests, core.Host(version=module.params["cgroup_version"]), module.params["scope"], conn)
 
 
 def main():

@@ -37,9 +37,6 @@ description:
   - Every definition is planned before anything is written; each new definition is read back
     from libvirt, and a failure restores the definitions already changed.
 author: kvmsec.hardening developers (@kvmsec)
-requirements:
-  - libvirt-python (Debian C(python3-libvirt)) on the target. When the module's interpreter
-    lacks it, the module re-runs itself under the system Python that has it.
 options:
   guests:
     description:

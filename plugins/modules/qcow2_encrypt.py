@@ -366,7 +366,7 @@ def decide(module):
     if module.params["passphrase_libvirt_secret"]:
         new = core.secret_value(conn, module.params["passphrase_libvirt_secret"])
         hide(module, new)
-    return core.plan(module_runner(module), request(module, new, old), conn)
+    return core.decide(module_runner(module), request(module, new, old), conn)
 
 
 def main():

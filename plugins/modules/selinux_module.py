@@ -407,7 +407,7 @@ def specs_of(params):
 
 
 def decide(module):
-    """plan_modules plans the one transaction; applied, the plan commits it."""
+    """decide plans the one transaction; applied, the plan commits it."""
     params = module.params
     # bad input is reported as such, before anything about the host, in check mode too: the
     # specs, their sources (readable, not empty, CIL syntax), state_dir and the numbers
@@ -419,7 +419,7 @@ def decide(module):
     if not selinux.is_selinux_enabled():
         warnings.append("SELinux is disabled at runtime: the policy store was read and changed, and "
                         "the modules take effect when the host boots with SELinux enabled")
-    return core.plan_modules(sources, manager, warnings)
+    return core.decide(sources, manager, warnings)
 
 
 def main():

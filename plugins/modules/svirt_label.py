@@ -37,8 +37,6 @@ description:
     definitions and image labels already changed.
 author: kvmsec.hardening developers (@kvmsec)
 requirements:
-  - libvirt-python (Debian C(python3-libvirt)) on the target. When the module's interpreter
-    lacks it, the module re-runs itself under the system Python that has it.
   - Root, to read the labels of QEMU processes and images.
 options:
   guests:
@@ -275,7 +273,7 @@ from ansible_collections.kvmsec.hardening.plugins.module_utils import _svirt_lab
 from ansible_collections.kvmsec.hardening.plugins.module_utils._command import CommandError, module_runner
 from ansible_collections.kvmsec.hardening.plugins.module_utils._libvirt import URI_SPEC
 from ansible_collections.kvmsec.hardening.plugins.module_utils._respawn import libvirt_connection, libvirt_errors
-from ansible_collections.kvmsec.hardening.plugins.module_utils._runner import Plan, run
+from ansible_collections.kvmsec.hardening.plugins.module_utils._runner import run
 
 
 GUEST_SPEC = dict(
@@ -289,24 +287,10 @@ GUEST_SPEC = dict(
 
 def decide(module):
     params = module.params
-    host = core.HostFiles()
     # bad requests are refused before libvirt is asked
     core.check_requests(params["guests"], None if params["model"] == "auto" else params["model"],
                         params["allow_unconfined"])
-    conn = libvirt_connection(module, params["uri"])
-    evaluation = core.evaluate(conn, params, host)
-    changed, result, warnings = core.summary(evaluation)
-    result["report_written"] = False
-
-    def apply():
-        core.apply(evaluation.plans, conn.define, host, module_runner(module))
-        if params["report_path"]:
-            try:
-                result["report_written"] = core.write_report(params["report_path"], core.labels_report(result))
-            except (IOError, OSError) as exc:
-                raise core.SvirtError("report_path %s: %s" % (params["report_path"], exc))
-        return result
-    return Plan(changed, result, core.diff(evaluation.plans), warnings, apply)
+    return core.decide(libvirt_connection(module, params["uri"]), params, core.HostFiles(), module_runner(module))
 
 
 def main():

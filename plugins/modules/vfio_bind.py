@@ -187,29 +187,14 @@ state_file:
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kvmsec.hardening.plugins.module_utils import _vfio_bind as core
 from ansible_collections.kvmsec.hardening.plugins.module_utils._command import CommandError, module_runner
-from ansible_collections.kvmsec.hardening.plugins.module_utils._runner import Plan, run
-
-
-def results(report):
-    """The module's result from core.report, whose changed and diff the Plan carries."""
-    return dict((key, value) for key, value in report.items() if key not in ("changed", "diff"))
+from ansible_collections.kvmsec.hardening.plugins.module_utils._runner import run
 
 
 def decide(module):
     params = module.params
     tools = core.Tools(modprobe=module.get_bin_path("modprobe"), udevadm=module.get_bin_path("udevadm"))
-    host = core.Host("/")
-    planned = core.plan(host, params["devices"], state=params["state"], persistent=params["persistent"],
-                        force=params["force"])
-    report = core.report(host, planned, applied=False)
-    plan = Plan(planned.changed, results(report), report["diff"], planned.warnings)
-
-    def apply():
-        if planned.changed:
-            plan.warnings.extend(core.apply(host, module_runner(module), planned, tools))
-        return results(core.report(host, planned, applied=True))
-    plan.apply = apply
-    return plan
+    return core.decide(core.Host("/"), module_runner(module), tools, params["devices"], params["state"],
+                       params["persistent"], params["force"])
 
 
 def main():

@@ -50,9 +50,6 @@ class FakeDomain(object):
     def UUIDString(self):  # noqa: N802
         return self.uuid
 
-    def isActive(self):  # noqa: N802
-        return self.active
-
     def isPersistent(self):  # noqa: N802
         return self.persistent
 
@@ -78,6 +75,41 @@ class FakeDomain(object):
         self.calls.append(("sched", flag, params))
         self.sched[flag].update(params)
 
+    # the life cycle: a guest whose OS answers ACPI (answers_shutdown) is shut off after it was
+    # asked, once the caller has looked again; one that does not keeps running until destroyed
+    answers_shutdown = True
+    starts = True
+
+    def shutdown(self):
+        if not self.active:
+            raise libvirtError("Requested operation is not valid: domain is not running", 55)
+        self.calls.append(("shutdown",))
+        self.shutting_down = self.answers_shutdown
+
+    def destroy(self):
+        if not self.active:
+            raise libvirtError("Requested operation is not valid: domain is not running", 55)
+        self.calls.append(("destroy",))
+        self.active = False
+
+    def create(self):
+        if self.active:
+            raise libvirtError("Requested operation is not valid: domain is already running", 55)
+        self.calls.append(("create",))
+        if not self.starts:
+            raise libvirtError("internal error: process exited while connecting to monitor")
+        self.active = True
+        self.shutting_down = False
+
+    shutting_down = False
+
+    def isActive(self):  # noqa: N802 - asked again, a guest that was shutting down is off
+        if self.shutting_down:
+            self.shutting_down = False
+            self.active = False
+            return True
+        return self.active
+
 
 class FakeNWFilter(object):
     def __init__(self, name):
@@ -88,21 +120,48 @@ class FakeNWFilter(object):
 
 
 class FakeVolume(object):
-    def __init__(self, path):
+    """A volume: {volume: path} in a pool, or {volume: (path, format)} where its format matters."""
+
+    def __init__(self, name, path, volume_format=None):
+        self._name = name
         self._path = path
+        self.format = volume_format
+
+    def name(self):
+        return self._name
 
     def path(self):
         return self._path
 
+    def XMLDesc(self, _flags):  # noqa: N802
+        target = "<format type='%s'/>" % self.format if self.format else ""
+        return "<volume type='file'><name>%s</name><target><path>%s</path>%s</target></volume>" % (
+            self._name, self._path, target)
+
 
 class FakePool(object):
-    def __init__(self, volumes):
+    def __init__(self, volumes, active=True):
         self.volumes = volumes
+        self.active = active
+        self.refreshed = 0
+
+    def _volume(self, name):
+        found = self.volumes[name]
+        return FakeVolume(name, *found) if isinstance(found, tuple) else FakeVolume(name, found)
 
     def storageVolLookupByName(self, name):  # noqa: N802
         if name not in self.volumes:
             raise libvirtError("Storage volume not found: no storage vol with matching name '%s'" % name)
-        return FakeVolume(self.volumes[name])
+        return self._volume(name)
+
+    def isActive(self):  # noqa: N802
+        return self.active
+
+    def refresh(self, _flags):
+        self.refreshed += 1
+
+    def listAllVolumes(self, _flags):  # noqa: N802
+        return [self._volume(name) for name in self.volumes]
 
 
 class FakeConn(object):
@@ -161,7 +220,8 @@ class FakeConn(object):
         if name not in self.pools:
             raise libvirtError("Storage pool not found: no storage pool with matching name '%s'" % name,
                                VIR_ERR_NO_STORAGE_POOL)
-        return FakePool(self.pools[name])
+        pool = self.pools[name]
+        return pool if isinstance(pool, FakePool) else FakePool(pool)
 
     def secretLookupByUUIDString(self, uuid):  # noqa: N802
         raise libvirtError("Secret not found: no secret with matching uuid '%s'" % uuid, VIR_ERR_NO_SECRET)

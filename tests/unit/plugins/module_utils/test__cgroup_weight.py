@@ -15,6 +15,7 @@ import pytest
 from ansible_collections.kvmsec.hardening.plugins.module_utils import _cgroup_weight as core
 from ansible_collections.kvmsec.hardening.plugins.module_utils._libvirt import LibvirtError
 from ansible_collections.kvmsec.hardening.tests.unit.plugins.module_utils import fake_libvirt
+from ansible_collections.kvmsec.hardening.tests.unit.plugins.module_utils.module_stub import returned
 
 
 # ---------------------------------------------------------------- scale and formats
@@ -423,3 +424,16 @@ def test_failure_restores_what_was_written(tmp_path):
         core.apply(planned)
     assert first.blkio[1]["weight"] == 100 and first.blkio[2]["weight"] == 0
     assert first.calls[-1] == ("blkio", 1, {"weight": 100})
+
+
+def test_decide_predicts_in_check_mode_and_the_run_sets_what_it_predicted(tmp_path):
+    fake = FakeHost(tmp_path, version=1)
+    dom = domain_handle("db1")
+    conn = fake_libvirt.connection(dom)
+    wanted = [domain_guest("db1", io_weight=1000, cpu_weight=1000)]
+    predicted, _warnings = returned(lambda: core.decide(wanted, fake.host(), "both", conn), check_mode=True)
+    assert predicted["changed"] and dom.calls == []
+    done, _warnings = returned(lambda: core.decide(wanted, fake.host(), "both", conn))
+    assert done["guests"] == predicted["guests"] and ("blkio", 1, {"weight": 1000}) in dom.calls
+    again, _warnings = returned(lambda: core.decide(wanted, fake.host(), "both", conn))
+    assert not again["changed"]

@@ -40,7 +40,7 @@ def run():
 def ensure(run, request, conn=None, check_mode=False):
     """What the module returns: the core's plan through the real runner (applied unless in check
     mode), with the warnings it gave the module beside the result. The core's errors are raised."""
-    result, warnings = returned(lambda: core.plan(run, request, conn), check_mode)
+    result, warnings = returned(lambda: core.decide(run, request, conn), check_mode)
     return dict(result, warnings=warnings)
 
 
@@ -389,7 +389,7 @@ def killed(source, target):
     os.kill(os.getpid(), signal.SIGKILL)   # no finally, no cleanup: as the OOM killer ends a run
 
 os.rename = killed
-core.plan(run, core.Request(sys.argv[1], %r, iter_time=%d)).apply()
+core.decide(run, core.Request(sys.argv[1], %r, iter_time=%d)).apply()
 """ % (PASS, FAST)
 
 

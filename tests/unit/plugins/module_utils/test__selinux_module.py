@@ -135,7 +135,7 @@ def manager(semodule, store):
 def apply(manager, *specs, check=False):
     """(changed, modules, transaction, diff, warnings): the core's plan through the real runner, as
     the module runs it (applied unless check); the core's errors are raised."""
-    result, warnings = returned(lambda: core.plan_modules(core.prepare(list(specs)), manager), check)
+    result, warnings = returned(lambda: core.decide(core.prepare(list(specs)), manager), check)
     return result["changed"], result["modules"], result["transaction"], result["diff"], warnings
 
 

@@ -21,6 +21,7 @@ from ansible_collections.kvmsec.hardening.tests.unit.plugins.module_utils.fake_l
     FakeDomain,
     connection,
 )
+from ansible_collections.kvmsec.hardening.tests.unit.plugins.module_utils.module_stub import returned
 
 FIXTURES = Path(__file__).parent / "fixtures" / "svirt_label"
 UUID_A = "79c35b53-5239-4f31-92ab-1f8c92fa1984"
@@ -556,3 +557,16 @@ def test_a_missing_guest_is_named_before_the_hosts_driver(host, guests, message)
     with pytest.raises((core.SvirtError, _libvirt.LibvirtError)) as caught:
         core.evaluate(conn, {"guests": guests}, host)
     assert message in str(caught.value)
+
+
+def test_decide_labels_the_guest_and_writes_the_report_only_when_applied(host, tmp_path):
+    items = [running_on(host, domain("a", 1, DYNAMIC, running="c7,c860")), domain("b", 2)]
+    conn = svirt_conn(items)
+    report = tmp_path / "kvmsec" / "svirt-labels.json"
+    params = {"guests": [{"name": "b", "type": "static"}], "report_path": str(report)}
+    predicted, _warnings = returned(lambda: core.decide(conn, params, host, None), check_mode=True)
+    assert predicted["changed"] and predicted["report_written"] is False
+    assert conn.conn.defined == [] and not report.exists()
+    done, _warnings = returned(lambda: core.decide(conn, params, host, None))
+    assert done["report_written"] is True and len(conn.conn.defined) == 1
+    assert json.loads(report.read_text())["domains"][1]["name"] == "b"

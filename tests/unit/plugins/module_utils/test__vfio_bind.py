@@ -16,6 +16,7 @@ import os
 import pytest
 
 from ansible_collections.kvmsec.hardening.plugins.module_utils import _vfio_bind as core
+from ansible_collections.kvmsec.hardening.tests.unit.plugins.module_utils.module_stub import returned
 
 # address, vendor, device, class, header type byte (0x80 = multi-function), driver, group
 LAB = [
@@ -683,3 +684,14 @@ def test_which_group_members_keep_the_group_viable(tmp_path, pci_class, header, 
         write(root, "sys/bus/pci/drivers/%s/bind" % driver, "")
     add_device(root, "0000:02:00.0", "8086", "1234", pci_class, header, driver, 7)
     assert core.member_is_safe(core.Device(core.Host(root), "0000:02:00.0")) is safe
+
+
+def test_decide_predicts_in_check_mode_and_returns_the_devices_as_they_are_after(lab):
+    predicted, _warnings = returned(lambda: core.decide(lab, lab.run, TOOLS, [EDU]), check_mode=True)
+    assert predicted["changed"] and lab.driver_of(EDU) != "vfio-pci" and not lab.exists(core.RULES_FILE)
+    assert predicted["devices"][0]["driver"] == "vfio-pci"
+    done, _warnings = returned(lambda: core.decide(lab, lab.run, TOOLS, [EDU]))
+    assert done["changed"] and lab.driver_of(EDU) == "vfio-pci" and lab.exists(core.RULES_FILE)
+    assert done["devices"][0]["vfio_device"] == "/dev/vfio/3"
+    again, _warnings = returned(lambda: core.decide(lab, lab.run, TOOLS, [EDU]))
+    assert not again["changed"]

@@ -15,10 +15,10 @@ from ansible.module_utils import basic
 from ansible_collections.kvmsec.hardening.plugins.module_utils._libvirt import URI_SPEC
 
 # control_results runs as an action plugin on the controller: its module file is documentation
-MODULES = ["apparmor_profiles", "audit_rules", "auditd_conf", "cgroup_weight", "guest_policy", "host_firewall",
-           "kernel_settings", "kvm_host_info", "libvirt_conf", "qcow2_encrypt", "selinux_module", "selinux_settings",
-           "svirt_label", "vfio_bind"]
-LIBVIRT_MODULES = ["cgroup_weight", "guest_policy", "qcow2_encrypt", "svirt_label"]
+MODULES = ["apparmor_profiles", "audit_rules", "auditd_conf", "cgroup_weight", "guest_policy", "guest_state",
+           "host_firewall", "kernel_settings", "kvm_host_info", "libvirt_conf", "pool_images", "qcow2_encrypt",
+           "selinux_module", "selinux_settings", "svirt_label", "vfio_bind"]
+LIBVIRT_MODULES = ["cgroup_weight", "guest_policy", "guest_state", "pool_images", "qcow2_encrypt", "svirt_label"]
 # options whose values are secrets themselves, not the name of where one is kept
 SECRETS = {"qcow2_encrypt": ["passphrase", "old_passphrase"], "libvirt_conf": ["secret_settings"]}
 LOOKS_SECRET = re.compile(r"pass|secret|key|token", re.I)
