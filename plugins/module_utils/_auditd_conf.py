@@ -227,7 +227,7 @@ def decide(run, path, settings, reload, systemctl):
     except AuditdConfError as exc:
         raise AuditdConfError("%s: %s" % (path, exc))
     result = dict(path=path, changes=changes, reloaded=[])
-    change = _files.change_to(path, new_text)
+    change = _files.FileChange(path, text, new_text) if new_text != text else None
 
     def apply():
         def told():

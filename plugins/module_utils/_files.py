@@ -127,21 +127,20 @@ class NotRestored(Exception):
     """A failure after which some files could not be put back; the message names them."""
 
     def __init__(self, cause, failures):
-        self.cause = cause
-        self.failures = failures
         super(NotRestored, self).__init__("%s; could not put back %s" % (
             cause, ", ".join("%s (%s)" % (path, getattr(exc, "strerror", None) or exc) for path, exc in failures)))
 
 
-def _make_directories(directory):
-    """Make directory and its missing parents; returns those it made, deepest first."""
-    made = []
+def _make_directories(directory, made):
+    """Make directory and its missing parents, adding each to made as soon as it exists, so a
+    failure half-way still leaves made naming every directory to remove."""
+    missing = []
     while directory and not os.path.isdir(directory):
-        made.append(directory)
+        missing.append(directory)
         directory = os.path.dirname(directory)
-    for path in reversed(made):
+    for path in reversed(missing):
         os.mkdir(path, DIRECTORY)
-    return made
+        made.append(path)
 
 
 def _write(change):
@@ -170,7 +169,7 @@ def write_all(changes, then=None):
     written, made = [], []
     try:
         for change in changes:
-            made.extend(_make_directories(os.path.dirname(change.path)))
+            _make_directories(os.path.dirname(change.path), made)
             # a write that fails leaves the file as it was: only those done are put back
             _write(change)
             written.append(change)

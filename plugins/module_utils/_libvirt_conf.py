@@ -412,7 +412,7 @@ def decide(path, settings, secret_settings, backup=None):
     result = dict(path=path, changes=changes)
     diff = dict(before=masked(text, secret_names), after=masked(new_text, secret_names),
                 before_header=path, after_header=path)
-    change = _files.change_to(path, new_text)
+    change = _files.FileChange(path, text, new_text) if new_text != text else None
 
     def apply():
         if backup is not None:

@@ -132,3 +132,18 @@ def test_a_file_that_cannot_be_put_back_is_named(tmp_path, monkeypatch):
         _files.write_all([change], load)
     assert str(caught.value) == ("sysctl refused; could not put back /etc/sysctl.d/90-kvmsec.conf "
                                  "(Read-only file system)")
+
+
+def test_directories_made_before_a_failed_mkdir_are_removed(tmp_path, monkeypatch):
+    target = tmp_path / "made" / "deeper" / "new.conf"
+    real = _files.os.mkdir
+
+    def deeper_fails(path, mode=0o777):
+        if path.endswith("deeper"):
+            raise OSError(13, "Permission denied", path)
+        real(path, mode)
+
+    monkeypatch.setattr(_files.os, "mkdir", deeper_fails)
+    with pytest.raises(OSError, match="Permission denied"):
+        _files.write_all([_files.change_to(str(target), "fresh\n")])
+    assert list(tmp_path.iterdir()) == []
