@@ -969,22 +969,23 @@ def check_priority(priority):
 
 def decide(sources, manager, warnings=()):
     """Build the read sources (``prepare``) and compare them with the store: a ``_runner.Plan``
-    whose result (modules, transaction) is check mode's answer, the store as it will list, and
+    whose result (modules, transaction, semodule_command) is check mode's answer, the store as it will list, and
     whose ``apply`` runs the one transaction, keeps the versions and returns the result as the
     store lists after. ``warnings`` are the caller's, given with the plan's own."""
     with _workdir() as workdir:
         before, changes = manager.plan(sources, workdir)
 
-    def answer(after, transaction):
-        dummy, modules, dummy, diff, found = report(changes, before, after, manager, transaction)
+    def answer(after, command):
+        dummy, modules, dummy, diff, found = report(changes, before, after, manager, command)
         decided.diff, decided.warnings = diff, found + list(warnings)
-        return dict(modules=modules, transaction=transaction)
+        # the same two keys as selinux_settings: whether a transaction committed, and its command
+        return dict(modules=modules, transaction=command is not None, semodule_command=command)
 
     def apply():
         # also when nothing changes: a module that already matched its source is kept as a version
         with _workdir() as workdir:
-            transaction = manager.apply(changes, workdir)
-        return answer(manager.installed([c.name for c in changes]) if transaction else before, transaction)
+            command = manager.apply(changes, workdir)
+        return answer(manager.installed([c.name for c in changes]) if command else before, command)
 
     decided = Plan(any(c.changed for c in changes), None, apply=apply)
     decided.result = answer(predicted(changes, before, manager.priority), None)

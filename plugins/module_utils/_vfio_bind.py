@@ -32,7 +32,7 @@ import os
 import re
 
 from ansible_collections.kvmsec.hardening.plugins.module_utils._command import CommandError, checked
-from ansible_collections.kvmsec.hardening.plugins.module_utils._files import atomic_write
+from ansible_collections.kvmsec.hardening.plugins.module_utils._files import NotRestored, change_to, write_all
 from ansible_collections.kvmsec.hardening.plugins.module_utils._kvm_host_info import kernel_cmdline
 from ansible_collections.kvmsec.hardening.plugins.module_utils._runner import Plan
 
@@ -482,12 +482,10 @@ class Needed(object):
         self.changes = changes
         self.warnings = warnings
         self.load_vfio = needs_vfio_module
-        self.files = {}
-        for relative, render in ((RULES_FILE, render_rules), (STATE_FILE, render_state)):
-            old = host.read(relative)
-            new = render(entries)
-            if old != new:
-                self.files[relative] = (old, new)
+        self.files = [change for change in (
+            change_to(host.path(relative), render(entries), shown="/" + relative)
+            for relative, render in ((RULES_FILE, render_rules), (STATE_FILE, render_state)))
+            if change is not None]
 
     @property
     def changed(self):
@@ -593,20 +591,6 @@ def _restore(host, change):
         host.write(PCI_DRIVERS + "/%s/bind" % device.driver, device.address)
 
 
-def _write_file(host, relative, content):
-    if content is None:
-        try:
-            os.unlink(host.path(relative))
-        except OSError as exc:
-            if exc.errno != errno.ENOENT:
-                raise
-        return
-    directory = os.path.dirname(host.path(relative))
-    if not os.path.isdir(directory):
-        os.makedirs(directory, 0o755)
-    atomic_write(host.path(relative), content, mode=0o644)
-
-
 def apply(host, run, planned, tools):
     """Carry out the plan; on any failure put back what was already changed and re-raise."""
     undo = []
@@ -623,15 +607,14 @@ def apply(host, run, planned, tools):
                 _bind(host, change)
             else:
                 _release(host, change, tools, run)
-        for relative, (old, new) in sorted(planned.files.items()):
-            undo.append(lambda r=relative, o=old: _write_file(host, r, o))
-            _write_file(host, relative, new)
-    except (VfioError, CommandError, IOError, OSError) as exc:
-        raise VfioError("%s. %s" % (exc, _roll_back(undo)))
+        # last: a failure here has put the files back already, the drivers are undone below
+        write_all(planned.files)
+    except (VfioError, CommandError, NotRestored, IOError, OSError) as exc:
+        raise VfioError("%s. %s" % (exc, _roll_back(undo, files_restored=not isinstance(exc, NotRestored))))
     return _after_apply(run, planned, tools)
 
 
-def _roll_back(undo):
+def _roll_back(undo, files_restored):
     failures = []
     for step in reversed(undo):
         try:
@@ -640,6 +623,8 @@ def _roll_back(undo):
             failures.append(str(exc))
     if failures:
         return "Rolling back also failed, check the devices by hand: " + "; ".join(failures)
+    if not files_restored:
+        return "The drivers were put back; check the files named above by hand."
     return "Everything already changed was put back."
 
 
@@ -649,7 +634,7 @@ def _after_apply(run, planned, tools):
     Returns warnings: the rules are on disk and read at boot even when udev cannot be told now.
     """
     warnings = []
-    if RULES_FILE in planned.files:
+    if any(change.shown == "/" + RULES_FILE for change in planned.files):
         if not tools.udevadm:
             warnings.append("udevadm not found: the udev rules take effect at the next boot")
         else:
@@ -709,10 +694,7 @@ def diff(planned):
                                  change.after_override, change.after_persistent)
     diffs = [{"before_header": "PCI drivers", "after_header": "PCI drivers",
               "before": before, "after": after}]
-    if RULES_FILE in planned.files:
-        old, new = planned.files[RULES_FILE]
-        diffs.append({"before_header": "/" + RULES_FILE, "after_header": "/" + RULES_FILE,
-                      "before": old or "", "after": new or ""})
+    diffs.extend(change.diff() for change in planned.files if change.shown == "/" + RULES_FILE)
     return diffs
 
 

@@ -326,6 +326,10 @@ modules:
           description: Whether O(rollback=true) would reinstall this version.
           type: bool
 transaction:
+  description: Whether a policy store transaction was committed (check mode - always C(false)).
+  returned: always
+  type: bool
+semodule_command:
   description: The one C(semodule) command run, or C(null) when nothing needed a transaction.
   returned: always
   type: list

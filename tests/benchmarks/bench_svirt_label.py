@@ -6,7 +6,7 @@ the pure planning and checking (``plan`` + ``check_running`` + ``summary``, no l
 files) for a host of N domains against a baseline host of N/4 domains: half of the domains
 running with dynamic pairs, half stopped, every one requested as ``static`` without a label
 (the heaviest request: each keeps or allocates a pair against all the others). Domain XML is
-the XML captured in the SELinux lab (tests/unit/plugins/module_utils/fixtures/svirt_label).
+the XML captured in the SELinux lab (tests/unit/data/svirt_label).
 
     python3 tests/benchmarks/bench_svirt_label.py [--domains 400] [--rounds 5] [--write]
 
@@ -27,8 +27,10 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / ".cache" / "collections"))
 
 from ansible_collections.kvmsec.hardening.plugins.module_utils import _svirt_label as core  # noqa: E402  pylint: disable=wrong-import-position
+# the unit tests' domain handle: planning reads only what libvirt would return, no daemon needed
+from ansible_collections.kvmsec.hardening.tests.unit.plugins.module_utils.fake_libvirt import FakeDomain  # noqa: E402  pylint: disable=wrong-import-position
 
-FIXTURES = ROOT / "tests" / "unit" / "plugins" / "module_utils" / "fixtures" / "svirt_label"
+FIXTURES = ROOT / "tests" / "unit" / "data" / "svirt_label"
 LIVE_UUID = "79c35b53-5239-4f31-92ab-1f8c92fa1984"
 CONFIG_UUID = "11daf27a-738c-49df-94ef-9e544a72c61e"
 
@@ -41,10 +43,12 @@ def host(count):
     domains = []
     for index in range(count):
         name, uuid = "g%d" % index, "00000000-0000-4000-8000-%012d" % index
-        item = core.Domain(name, uuid, config.replace("sv-b", name).replace(CONFIG_UUID, uuid))
+        live_xml = None
         if index % 2:
             pair = "c%d,c%d" % (index % 512, 512 + index % 512)
-            item.live_xml = live.replace("sv-a", name).replace(LIVE_UUID, uuid).replace("c7,c860", pair)
+            live_xml = live.replace("sv-a", name).replace(LIVE_UUID, uuid).replace("c7,c860", pair)
+        item = core.Domain(FakeDomain(name, uuid, config.replace("sv-b", name).replace(CONFIG_UUID, uuid), live_xml))
+        if live_xml:
             item.pid = 1000 + index
             item.process_label = "system_u:system_r:svirt_t:s0:" + pair
         domains.append(item)

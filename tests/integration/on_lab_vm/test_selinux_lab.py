@@ -98,7 +98,8 @@ def test_check_mode_compiles_and_predicts_without_touching_the_store(vm):
     before = store_state(vm)
     result, output = vm.module("selinux_module", BATCH, check=True, diff=True)
     modules = by_name(result)
-    assert result["changed"] is True and result["transaction"] is None
+    assert result["changed"] is True and result["transaction"] is False
+    assert result["semodule_command"] is None
     assert [modules[n]["actions"] for n in ("kvmsec_ta", "kvmsec_tb", "kvmsec_tc")] == [["install"]] * 3
     assert store_state(vm) == before
     assert listed(vm) == {}
@@ -111,8 +112,9 @@ def test_batch_installs_in_one_transaction(vm):
     result, dummy = vm.module("selinux_module", BATCH)
     modules = by_name(result)
     assert result["changed"] is True
-    assert result["transaction"][:3] == ["/usr/sbin/semodule", "-X", "400"]
-    assert result["transaction"].count("-i") == 3
+    assert result["transaction"] is True
+    assert result["semodule_command"][:3] == ["/usr/sbin/semodule", "-X", "400"]
+    assert result["semodule_command"].count("-i") == 3
     assert store_state(vm)[0] == commit + 1
     installed = listed(vm)
     for name, fmt in (("kvmsec_ta", "pp"), ("kvmsec_tb", "cil"), ("kvmsec_tc", "pp")):
@@ -128,7 +130,8 @@ def test_batch_installs_in_one_transaction(vm):
 def test_second_run_is_idempotent_without_a_transaction(vm):
     before = store_state(vm)
     result, dummy = vm.module("selinux_module", BATCH)
-    assert result["changed"] is False and result["transaction"] is None, result
+    assert result["changed"] is False and result["transaction"] is False, result
+    assert result["semodule_command"] is None
     assert store_state(vm) == before
 
 

@@ -10,7 +10,7 @@ import pytest
 from ansible_collections.kvmsec.hardening.plugins.module_utils import _auditd_conf as core
 from ansible_collections.kvmsec.hardening.tests.unit.plugins.module_utils.module_stub import Module, outcome
 
-DEBIAN = (Path(__file__).resolve().parents[3] / "unit" / "data" / "auditd" / "debian12.conf").read_text()
+DEBIAN = (Path(__file__).resolve().parents[2] / "data" / "auditd" / "debian12.conf").read_text()
 BASELINE = {"space_left_action": "SYSLOG", "admin_space_left_action": "SYSLOG",
             "disk_full_action": "SYSLOG", "disk_error_action": "SYSLOG"}
 

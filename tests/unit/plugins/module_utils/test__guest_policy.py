@@ -18,7 +18,7 @@ from ansible_collections.kvmsec.hardening.tests.unit.plugins.module_utils.fake_l
     libvirtError,
 )
 
-LAB_XML = (Path(__file__).parent / "fixtures" / "svirt_label" / "inactive-static.xml").read_text()
+LAB_XML = (Path(__file__).resolve().parents[2] / "data" / "svirt_label" / "inactive-static.xml").read_text()
 CONTEXT = {"nwfilters": ["clean-traffic"]}
 NIC = ("<interface type='bridge'><mac address='52:54:00:aa:bb:01'/><source bridge='br-guests'/>"
        "<model type='virtio'/></interface>")

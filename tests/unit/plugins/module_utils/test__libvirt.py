@@ -18,7 +18,7 @@ from ansible_collections.kvmsec.hardening.tests.unit.plugins.module_utils.fake_l
     connection,
 )
 
-FIXTURES = Path(__file__).parent / "fixtures" / "libvirt"
+FIXTURES = Path(__file__).resolve().parents[2] / "data" / "libvirt"
 POOLS = {"fxpool": {"fx-vol.qcow2": "/tmp/fxpool/fx-vol.qcow2"}}
 
 

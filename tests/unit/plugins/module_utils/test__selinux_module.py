@@ -28,7 +28,7 @@ from ansible_collections.kvmsec.hardening.plugins.module_utils import _selinux_m
 from ansible_collections.kvmsec.hardening.tests.unit.plugins.module_utils.module_stub import returned
 
 HERE = Path(__file__).resolve().parent
-DATA = HERE / "data" / "selinux_module"
+DATA = HERE.parents[1] / "data" / "selinux_module"
 SEMODULE = "/usr/sbin/semodule"
 CONVERTER = next((p for p in core.PP_CONVERTERS if os.access(p, os.X_OK)), None)
 TOOLS = core.Tools(SEMODULE, checkmodule="/usr/bin/checkmodule",
@@ -134,9 +134,11 @@ def manager(semodule, store):
 
 def apply(manager, *specs, check=False):
     """(changed, modules, transaction, diff, warnings): the core's plan through the real runner, as
-    the module runs it (applied unless check); the core's errors are raised."""
+    the module runs it (applied unless check), transaction being the semodule command or None;
+    the core's errors are raised."""
     result, warnings = returned(lambda: core.decide(core.prepare(list(specs)), manager), check)
-    return result["changed"], result["modules"], result["transaction"], result["diff"], warnings
+    assert result["transaction"] is (result["semodule_command"] is not None)
+    return result["changed"], result["modules"], result["semodule_command"], result["diff"], warnings
 
 
 def build(one, host, tools, run, workdir):

@@ -23,7 +23,7 @@ from ansible_collections.kvmsec.hardening.tests.unit.plugins.module_utils.fake_l
 )
 from ansible_collections.kvmsec.hardening.tests.unit.plugins.module_utils.module_stub import returned
 
-FIXTURES = Path(__file__).parent / "fixtures" / "svirt_label"
+FIXTURES = Path(__file__).resolve().parents[2] / "data" / "svirt_label"
 UUID_A = "79c35b53-5239-4f31-92ab-1f8c92fa1984"
 UUID_B = "11daf27a-738c-49df-94ef-9e544a72c61e"
 DYNAMIC = "<seclabel type='dynamic' model='selinux' relabel='yes'/>"

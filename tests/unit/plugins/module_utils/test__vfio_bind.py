@@ -634,6 +634,20 @@ def test_partial_failure_puts_everything_back(tmp_path):
     assert dict((p, v) for p, v in after.items() if p not in loaded) == before
 
 
+def test_a_file_that_cannot_be_written_puts_the_drivers_and_the_other_file_back(lab):
+    write(lab.root, "var/lib/kvmsec", "a file where the state directory goes\n")
+    before = snapshot(lab.root)
+    planned = core.plan(lab, [EDU])
+    with pytest.raises(core.VfioError) as caught:
+        core.apply(lab, lab.run, planned, TOOLS)
+    assert "Everything already changed was put back." in str(caught.value)
+    assert lab.driver_of(EDU) is None and lab.override(EDU) is None
+    assert not lab.exists(core.RULES_FILE)  # written first, then taken away again
+    after = snapshot(lab.root)
+    assert dict((p, v) for p, v in after.items() if "/drivers/vfio-pci" not in p) == \
+        dict((p, v) for p, v in before.items() if "/drivers/vfio-pci" not in p)
+
+
 def test_a_device_that_does_not_bind_is_reported(lab):
     lab.refuse.add(EDU)
     with pytest.raises(core.VfioError, match="put back"):
