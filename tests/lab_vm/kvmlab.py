@@ -8,7 +8,7 @@
     kvmlab.py reboot NAME                reboot it keeping its overlay, wait for SSH again
     kvmlab.py stop NAME                  stop it and delete its overlay
     kvmlab.py ssh NAME [CMD...]          run a command in it as root
-    kvmlab.py info NAME                  print its JSON (host, port, key, pid, ...)
+    kvmlab.py info NAME                  print its JSON (host, port, tls_port, key, pid, ...)
     kvmlab.py status                     every VM's state and serial console tail (what hung)
     kvmlab.py prune                      stop every VM, delete run folders and stale images
 
@@ -117,10 +117,16 @@ def load_info(name):
     return json.loads(info_file.read_text())
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def free_ports(count):
+    """count different free ports: the sockets are held together so none is handed out twice."""
+    sockets = [socket.socket() for dummy in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def ssh_argv(info, *command):
@@ -159,7 +165,9 @@ def qemu_argv(info, image_dir):
         "-kernel", str(image_dir / "vmlinuz"), "-initrd", str(image_dir / "initrd.img"),
         "-append", append,
         "-drive", "file=%s,if=virtio,format=qcow2" % info["overlay"],
-        "-netdev", "user,id=n0,hostfwd=tcp:127.0.0.1:%d-:22" % info["port"],
+        # SSH, and libvirt's TLS port for the real-client checks (docs/remote-access.md)
+        "-netdev", "user,id=n0,hostfwd=tcp:127.0.0.1:%d-:22,hostfwd=tcp:127.0.0.1:%d-:16514"
+        % (info["port"], info["tls_port"]),
         "-device", "virtio-net-pci,netdev=n0",
         "-device", "edu",
         "-display", "none", "-serial", "file:%s" % info["serial"],
@@ -221,7 +229,8 @@ def boot(name, lsm, iommu):
     if directory.exists():
         stop(name)
     directory.mkdir(parents=True)
-    info = dict(run_files(name), lsm=lsm, iommu=iommu, host="127.0.0.1", port=free_port(),
+    ssh_port, tls_port = free_ports(2)
+    info = dict(run_files(name), lsm=lsm, iommu=iommu, host="127.0.0.1", port=ssh_port, tls_port=tls_port,
                 key=str(image_dir / "id_ed25519"), image=str(image_dir), overlay=str(directory / "disk.qcow2"))
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2",
                     "-b", str(image_dir / "base.qcow2"), info["overlay"]], check=True)
