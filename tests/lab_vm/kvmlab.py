@@ -8,7 +8,7 @@
     kvmlab.py reboot NAME                reboot it keeping its overlay, wait for SSH again
     kvmlab.py stop NAME                  stop it and delete its overlay
     kvmlab.py ssh NAME [CMD...]          run a command in it as root
-    kvmlab.py info NAME                  print its JSON (host, port, tls_port, key, pid, ...)
+    kvmlab.py info NAME                  print its JSON (host, port, tls_port, console_port, key, ...)
     kvmlab.py status                     every VM's state and serial console tail (what hung)
     kvmlab.py prune                      stop every VM, delete run folders and stale images
 
@@ -165,9 +165,10 @@ def qemu_argv(info, image_dir):
         "-kernel", str(image_dir / "vmlinuz"), "-initrd", str(image_dir / "initrd.img"),
         "-append", append,
         "-drive", "file=%s,if=virtio,format=qcow2" % info["overlay"],
-        # SSH, and libvirt's TLS port for the real-client checks (docs/remote-access.md)
-        "-netdev", "user,id=n0,hostfwd=tcp:127.0.0.1:%d-:22,hostfwd=tcp:127.0.0.1:%d-:16514"
-        % (info["port"], info["tls_port"]),
+        # SSH, and libvirt's TLS port and the first guest console's port for the real-client
+        # checks (docs/remote-access.md)
+        "-netdev", "user,id=n0,hostfwd=tcp:127.0.0.1:%d-:22,hostfwd=tcp:127.0.0.1:%d-:16514,"
+        "hostfwd=tcp:127.0.0.1:%d-:5900" % (info["port"], info["tls_port"], info["console_port"]),
         "-device", "virtio-net-pci,netdev=n0",
         "-device", "edu",
         "-display", "none", "-serial", "file:%s" % info["serial"],
@@ -229,8 +230,9 @@ def boot(name, lsm, iommu):
     if directory.exists():
         stop(name)
     directory.mkdir(parents=True)
-    ssh_port, tls_port = free_ports(2)
+    ssh_port, tls_port, console_port = free_ports(3)
     info = dict(run_files(name), lsm=lsm, iommu=iommu, host="127.0.0.1", port=ssh_port, tls_port=tls_port,
+                console_port=console_port,
                 key=str(image_dir / "id_ed25519"), image=str(image_dir), overlay=str(directory / "disk.qcow2"))
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2",
                     "-b", str(image_dir / "base.qcow2"), info["overlay"]], check=True)
