@@ -491,6 +491,11 @@ class Needed(object):
     def changed(self):
         return bool(self.files) or any(c.sysfs_changes for c in self.changes)
 
+    @property
+    def rules_change(self):
+        """The udev rules' file change; None when the rules stay as they are."""
+        return next((change for change in self.files if change.shown == "/" + RULES_FILE), None)
+
 
 def plan(host, selectors, state="bound", persistent=True, force=False):
     """Check everything and work out the changes; reads only."""
@@ -634,7 +639,7 @@ def _after_apply(run, planned, tools):
     Returns warnings: the rules are on disk and read at boot even when udev cannot be told now.
     """
     warnings = []
-    if any(change.shown == "/" + RULES_FILE for change in planned.files):
+    if planned.rules_change:
         if not tools.udevadm:
             warnings.append("udevadm not found: the udev rules take effect at the next boot")
         else:
@@ -694,7 +699,8 @@ def diff(planned):
                                  change.after_override, change.after_persistent)
     diffs = [{"before_header": "PCI drivers", "after_header": "PCI drivers",
               "before": before, "after": after}]
-    diffs.extend(change.diff() for change in planned.files if change.shown == "/" + RULES_FILE)
+    if planned.rules_change:
+        diffs.append(planned.rules_change.diff())
     return diffs
 
 
