@@ -64,7 +64,7 @@ class ActionModule(ActionBase):
         report = core.fleet_report(reports, catalogue, args["mode"], severity, generated, collection_version())
         if args["baseline"]:
             report["changes"] = core.compare(read_json(args["baseline"], "baseline"), report)
-        result.update(changed=False, report=report)
+        result.update(changed=False, report=report, artifacts=core.job_artifacts(report))
         return result
 
     def _host_var(self, hostvars, host, name, default):

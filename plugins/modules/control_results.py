@@ -95,4 +95,17 @@ report:
       description: With O(baseline), per host the controls whose status moved (C(before), C(after)).
       type: dict
       returned: when O(baseline) is set
+artifacts:
+  description:
+    - The report without evidence, diffs and facts, as the collection's playbooks publish it with
+      C(ansible.builtin.set_stats) under C(kvmsec_results), the job's artifacts in AWX.
+    - C(schema), C(mode), C(generated), C(collection_version), C(gate) and C(totals) as in RV(report),
+      and C(hosts), a dict of each host's control IDs and their statuses.
+  returned: success
+  type: dict
+  sample:
+    mode: audit
+    gate: {severity: low, passed: false, failing: [{host: kvm01, id: KVM-KERNEL-01}]}
+    totals: {pass: 27, fail: 1, "not applicable": 1}
+    hosts: {kvm01: {KVM-HOST-01: pass, KVM-KERNEL-01: fail}}
 """

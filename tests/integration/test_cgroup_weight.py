@@ -20,7 +20,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from localhost_module import VENV_PYTHON, run_module, tcg_guest_xml
+from ansible_jobs import VENV_PYTHON, run_module, tcg_guest_xml
 
 from ansible_collections.kvmsec.hardening.plugins.module_utils._cgroup_weight import (
     qemu_processes,

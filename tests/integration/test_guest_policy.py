@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from localhost_module import run_module, tcg_guest_xml
+from ansible_jobs import run_module, tcg_guest_xml
 
 PREFIX = "kvmsec-gp-"
 VIOLATIONS = {

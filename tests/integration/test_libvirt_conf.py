@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from localhost_module import VENV_PYTHON, run_module
+from ansible_jobs import VENV_PYTHON, run_module
 
 from ansible_collections.kvmsec.hardening.plugins.module_utils import _libvirt_conf as conf
 

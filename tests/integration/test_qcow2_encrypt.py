@@ -22,44 +22,30 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-BIN = ROOT / ".venv" / "bin"
+from ansible_jobs import StartedModule, module_job, playbook_job
+
 URI = "qemu:///system"
 PASS = "q3-Integration-Passphrase-4c1e9b"
-RESULT = re.compile(r"^\S+ \| (CHANGED|SUCCESS|FAILED!) => (\{.*)", re.S | re.M)
 
 
 # ---------------------------------------------------------------------------------------------
 # helpers
 
 
-def ansible_env():
-    return dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(ROOT / ".cache" / "collections"), ANSIBLE_NOCOLOR="1",
-                ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_INVENTORY_UNPARSED_WARNING="false",
-                ANSIBLE_FORCE_COLOR="0")
+def secrets(extra=None):
+    """The job's extra vars: the passphrase goes to ansible_jobs' memory-backed env/extravars."""
+    return dict({"q3_pw": PASS}, **(extra or {}))
 
 
-def secrets_file(directory, values):
-    """Extra vars in a 0600 file: secrets never go on the ansible command line either."""
-    path = Path(directory) / ("vars-%s.json" % uuid.uuid4().hex[:8])
-    path.write_text(json.dumps(values))
-    path.chmod(0o600)
-    return path
+STATUS = {True: "CHANGED", False: "SUCCESS"}
 
 
-def module_argv(args, directory, check=False, diff=False, extra=None):
-    argv = [str(BIN / "ansible"), "localhost", "-m", "kvmsec.hardening.qcow2_encrypt", "-a", json.dumps(args),
-            "-e", "@%s" % secrets_file(directory, dict({"q3_pw": PASS}, **(extra or {})))]
-    return argv + (["--check"] if check else []) + (["--diff"] if diff else [])
-
-
-def module(args, directory, **kwargs):
-    """Run the module through Ansible: (status, result, whole output)."""
-    proc = subprocess.run(module_argv(args, directory, **kwargs), capture_output=True, text=True, env=ansible_env(), check=False)
-    output = proc.stdout + proc.stderr
-    match = RESULT.search(proc.stdout)
-    assert match, output
-    return match.group(1), json.JSONDecoder().raw_decode(match.group(2))[0], output
+def module(args, check=False, diff=False, extra=None):
+    """Run the module through Ansible: (status as Ansible prints it, result, whole output)."""
+    job = module_job("qcow2_encrypt", args, *(["--check"] if check else []) + (["--diff"] if diff else []),
+                     extravars=secrets(extra))
+    result = job.result()
+    return ("FAILED!" if result.get("failed") else STATUS[bool(result.get("changed"))]), result, job.output
 
 
 def encrypt_args(path, **kwargs):
@@ -185,12 +171,12 @@ def guest_disk_encrypted(name):
 def test_check_apply_idempotence_and_verification(images):
     image = make_image(images / "vm.qcow2")
     before = sha256(image)
-    status, result, output = module(encrypt_args(image), images, check=True, diff=True)
+    status, result, output = module(encrypt_args(image), check=True, diff=True)
     assert status == "CHANGED" and result["changes"] == ["encrypt the plain image with LUKS"]
     assert '-    "encrypted": false,' in output and '+    "encrypt_format": "luks",' in output
     assert listing(images) == {"vm.qcow2": before}
 
-    status, result, output = module(encrypt_args(image), images)
+    status, result, output = module(encrypt_args(image))
     assert status == "CHANGED" and result["encrypted"] and result["encrypt_format"] == "luks"
     assert result["cipher"] == {"cipher_alg": "aes-256", "cipher_mode": "xts", "ivgen_alg": "plain64",
                                 "hash_alg": "sha256"}
@@ -201,13 +187,13 @@ def test_check_apply_idempotence_and_verification(images):
     backup = result["backup_file"]
 
     for check in (False, True):
-        status, result, output = module(encrypt_args(image), images, check=check)
+        status, result, output = module(encrypt_args(image), check=check)
         assert status == "SUCCESS" and result["changes"] == []
         # the backup outlives the run that made it: every later run names it
         assert result["plaintext_backups"] == [backup] and "kept as %s" % backup in output
-    status, dummy, dummy2 = module(encrypt_args(image, state="verified"), images)
+    status, dummy, dummy2 = module(encrypt_args(image, state="verified"))
     assert status == "SUCCESS"
-    status, result, dummy = module(encrypt_args(image, state="verified", passphrase="wrong"), images)
+    status, result, dummy = module(encrypt_args(image, state="verified", passphrase="wrong"))
     assert status == "FAILED!" and "passphrase does not open the LUKS-encrypted image" in result["msg"]
 
 
@@ -221,10 +207,10 @@ def test_legacy_aes_image_is_re_encrypted(images):
                     "driver=qcow2,file.filename=%s,encrypt.key-secret=o" % image, "-c", "write -P 0x5a 1M 2M"],
                    check=True, capture_output=True)
     args = encrypt_args(image, old_passphrase="{{ q3_old }}")
-    status, result, dummy = module(args, images, extra={"q3_old": "old AES password"})
+    status, result, dummy = module(args, extra={"q3_old": "old AES password"})
     assert status == "CHANGED" and result["changes"] == ["re-encrypt the legacy AES image with LUKS"]
     assert result["encrypt_format"] == "luks" and reads_back(image, passfile(images))
-    status, dummy, dummy2 = module(args, images, extra={"q3_old": "old AES password"})
+    status, dummy, dummy2 = module(args, extra={"q3_old": "old AES password"})
     assert status == "SUCCESS"
 
 
@@ -242,7 +228,7 @@ def test_refusals_leave_the_host_unchanged(images, kind, message):
     qemu_img("create", "-q", "-f", "raw", str(raw), "8M")
     target = {"missing": images / "nope.qcow2", "raw": raw, "backing": top, "base": base}[kind]
     before = listing(images)
-    status, result, dummy = module(encrypt_args(target), images)
+    status, result, dummy = module(encrypt_args(target))
     assert status == "FAILED!" and message in result["msg"]
     assert listing(images) == before
 
@@ -252,17 +238,17 @@ def test_guest_in_use_then_unattended_start_with_a_private_secret(images, guests
     name = guests(image)
     secret = str(uuid.uuid4())
     guests.secrets.append(secret)
-    status, result, dummy = module(encrypt_args(image), images)
+    status, result, dummy = module(encrypt_args(image))
     assert status == "FAILED!" and result["msg"] == (
         "qcow2_encrypt: %s is in use by running libvirt guest %s; stop it first" % (image, name))
     assert result["in_use_by"] == [name]
-    status, result, output = module(encrypt_args(image, when_in_use="skip"), images)
+    status, result, output = module(encrypt_args(image, when_in_use="skip"))
     assert status == "SUCCESS" and result["skipped_changes"] == ["encrypt the plain image with LUKS"]
     assert "in use by running libvirt guest %s: skipped" % name in output and not info(image).get("encrypted")
 
     virsh("destroy", name)
     args = encrypt_args(image, libvirt_secret={"uuid": secret})
-    status, result, output = module(args, images, diff=True)
+    status, result, output = module(args, diff=True)
     assert status == "CHANGED" and result["libvirt_secret"] == secret
     assert result["changes"][1:] == ["define private libvirt secret %s for %s" % (secret, image),
                                      "use secret %s for disk vda of guest %s" % (secret, name)]
@@ -276,7 +262,7 @@ def test_guest_in_use_then_unattended_start_with_a_private_secret(images, guests
     assert guest_disk_encrypted(name) and guest_reads(name) and not guest_reads(name, "0x11")
     assert info(image)["encrypted"] is True
     assert qemu_img("info", "-U", str(image)).count("encrypted: yes") == 1
-    status, result, dummy = module(args, images)
+    status, result, dummy = module(args)
     assert status == "SUCCESS" and result["in_use_by"] == [name] and result["changes"] == []
 
 
@@ -303,9 +289,9 @@ def test_passphrase_read_from_a_libvirt_secret(images, guests):
                       " defined secret that is not private (virsh secret-list)" % missing),
             (valueless, "passphrase_libvirt_secret %s: libvirt cannot give its value" % valueless),
             ("web01", "passphrase_libvirt_secret 'web01' is not a UUID")]:
-        status, result, dummy = module(dict(args, passphrase_libvirt_secret=secret), images)
+        status, result, dummy = module(dict(args, passphrase_libvirt_secret=secret))
         assert status == "FAILED!" and message in result["msg"], result["msg"]
-    status, result, dummy = module(dict(args, passphrase_libvirt_secret=readable), images)
+    status, result, dummy = module(dict(args, passphrase_libvirt_secret=readable))
     assert status == "CHANGED" and reads_back(image, passfile(images))
 
 
@@ -316,7 +302,7 @@ def test_an_unreadable_passphrase_file_is_named_before_libvirt_is_asked(images):
     for option in ("passphrase_file", "old_passphrase_file"):
         args = {"path": str(image), "passphrase_file": str(good), "uri": "qemu:///nowhere"}
         args[option] = str(images / "no-such-file")
-        status, result, dummy = module(args, images)
+        status, result, dummy = module(args)
         assert status == "FAILED!" and result["msg"] == (
             "qcow2_encrypt: %s %s cannot be read (No such file or directory): give the path of a readable file on the managed"
             " host that holds the passphrase" % (option, images / "no-such-file"))
@@ -330,7 +316,7 @@ def test_module_respawns_under_the_system_python_for_libvirt(images, guests, tmp
     assert subprocess.run([python, "-c", "import libvirt"], capture_output=True, check=False).returncode != 0
     image = make_image(images / "vm.qcow2")
     name = guests(image)
-    status, result, dummy = module(encrypt_args(image), images, extra={"ansible_python_interpreter": python})
+    status, result, dummy = module(encrypt_args(image), extra={"ansible_python_interpreter": python})
     assert status == "FAILED!" and "running libvirt guest %s" % name in result["msg"]
 
 
@@ -338,11 +324,11 @@ def test_module_respawns_under_the_system_python_for_libvirt(images, guests, tmp
 # faults and secret hygiene
 
 
-def wait_for_conversion(images, proc, min_bytes=64 << 20):
+def wait_for_conversion(images, job, min_bytes=64 << 20):
     """PID of qemu-img convert once its temporary file holds data (the copy is under way)."""
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        assert proc.poll() is None, "the run ended before the conversion could be caught midway"
+        assert job.running(), "the run ended before the conversion could be caught midway"
         temps = list(images.glob(".*.kvmsec-encrypt.*~"))
         if temps and temps[0].stat().st_size > min_bytes:
             for pid in os.listdir("/proc"):
@@ -359,11 +345,10 @@ def wait_for_conversion(images, proc, min_bytes=64 << 20):
 def test_sigkill_of_qemu_img_midway_leaves_original_intact_and_no_stray_files(images):
     image = make_image(images / "big.qcow2", size="1G", random_mib=512)
     before = sha256(image)
-    proc = subprocess.Popen(module_argv(encrypt_args(image), images), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=ansible_env())
-    os.kill(wait_for_conversion(images, proc), signal.SIGKILL)
-    output = proc.communicate()[0]
-    assert "FAILED!" in output and "qemu-img convert failed (exit -9)" in output
+    with StartedModule("qcow2_encrypt", encrypt_args(image), extravars=secrets()) as job:
+        os.kill(wait_for_conversion(images, job), signal.SIGKILL)
+        result = job.wait().result()
+    assert result.get("failed") and "qemu-img convert failed (exit -9)" in result["msg"], result
     assert sha256(image) == before and qemu_img("check", str(image))
     assert listing(images) == {"big.qcow2": before}
 
@@ -372,18 +357,17 @@ def test_sigkill_of_the_module_and_qemu_img_midway_then_the_next_run_cleans_up(i
     """The module's own process dies too (OOM killer, kill -9): no cleanup code can run."""
     image = make_image(images / "big.qcow2", size="1G", random_mib=512)
     before = sha256(image)
-    proc = subprocess.Popen(module_argv(encrypt_args(image), images), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=ansible_env())
-    converter = wait_for_conversion(images, proc)
-    with open("/proc/%d/stat" % converter) as handle:
-        module_pid = int(handle.read().rsplit(")", 1)[1].split()[1])
-    os.kill(module_pid, signal.SIGKILL)
-    os.kill(converter, signal.SIGKILL)
-    assert "FAILED!" in proc.communicate()[0]
+    with StartedModule("qcow2_encrypt", encrypt_args(image), extravars=secrets()) as job:
+        converter = wait_for_conversion(images, job)
+        with open("/proc/%d/stat" % converter) as handle:
+            module_pid = int(handle.read().rsplit(")", 1)[1].split()[1])
+        os.kill(module_pid, signal.SIGKILL)
+        os.kill(converter, signal.SIGKILL)
+        assert job.wait().result().get("failed")
     assert sha256(image) == before and qemu_img("check", str(image))
     leftovers = list(images.glob(".big.qcow2.kvmsec-encrypt.*~"))
     assert len(leftovers) == 1  # nothing could remove it
-    status, result, dummy = module(encrypt_args(image, backup=False), images)
+    status, result, dummy = module(encrypt_args(image, backup=False))
     assert status == "CHANGED", result
     assert "remove %s, left by an interrupted run" % leftovers[0] in result["changes"]
     assert list(listing(images)) == ["big.qcow2"]
@@ -436,14 +420,12 @@ def test_passphrase_never_on_a_command_line_nor_in_verbose_output(images, tmp_pa
     watcher = CmdlineWatcher(PASS)
     watcher.start()
     try:
-        proc = subprocess.run([str(BIN / "ansible-playbook"), "-vvv", str(playbook), "-e",
-                               "@%s" % secrets_file(images, {"q3_pw": PASS})],
-                              capture_output=True, text=True, env=ansible_env(), check=False)
+        job = playbook_job(playbook, "-vvv", extravars=secrets())
     finally:
         watcher.done.set()
         watcher.join()
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output
+    output = job.output
+    assert job.rc == 0, output
     assert watcher.conversions > 0, "the watcher never saw the conversion: it proves nothing"
     assert watcher.leaks == []
     # QEMU read the passphrase from a pipe: no file held it, on disk or tmpfs
@@ -464,13 +446,10 @@ def role_playbook(tmp_path, role_vars):
     return path
 
 
-def play(playbook, directory, check=False):
-    argv = [str(BIN / "ansible-playbook"), str(playbook), "-e", "@%s" % secrets_file(directory, {"q3_pw": PASS})]
-    proc = subprocess.run(argv + (["--check"] if check else []), capture_output=True, text=True, env=ansible_env(), check=False)
-    output = proc.stdout + proc.stderr
-    recap = re.search(r"localhost\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=0\s+failed=(\d+)", output)
-    assert recap, output
-    return int(recap.group(2)), int(recap.group(3)), output
+def play(playbook, check=False):
+    """Run a playbook on localhost: (changed, failed, whole output)."""
+    job = playbook_job(playbook, *(["--check"] if check else []), extravars=secrets())
+    return job.recap() + (job.output,)
 
 
 def test_role_restarts_a_running_guest_and_it_runs_from_the_encrypted_image(images, guests, tmp_path):
@@ -482,9 +461,9 @@ def test_role_restarts_a_running_guest_and_it_runs_from_the_encrypted_image(imag
         # this guest has no OS to answer the ACPI shutdown request: the role powers it off
         "image_encryption_shutdown_timeout": 5, "image_encryption_force_off": True,
         "image_encryption_iter_time": 10, "image_encryption_keep_backups": False})
-    changed, failed, output = play(playbook, images, check=True)
+    changed, failed, output = play(playbook, check=True)
     assert failed == 0 and virsh("domstate", name).stdout.strip() == "running" and not info(image).get("encrypted")
-    changed, failed, output = play(playbook, images)
+    changed, failed, output = play(playbook)
     assert failed == 0 and changed > 0, output
     secret = re.search(r"<secret type='passphrase' uuid='([0-9a-f-]+)'/>",
                        virsh("dumpxml", "--inactive", name).stdout).group(1)
@@ -492,7 +471,7 @@ def test_role_restarts_a_running_guest_and_it_runs_from_the_encrypted_image(imag
     assert virsh("domstate", name).stdout.strip() == "running"
     assert guest_disk_encrypted(name) and guest_reads(name)
     assert info(image)["encrypted"] is True and PASS not in output
-    changed, failed, output = play(playbook, images)
+    changed, failed, output = play(playbook)
     assert (changed, failed) == (0, 0), output
 
 
@@ -506,7 +485,7 @@ def test_role_encrypts_the_qcow2_volumes_of_a_pool(images, guests, tmp_path):
         playbook = role_playbook(tmp_path, {"image_encryption_pools": [pool],
                                             "image_encryption_passphrase": "{{ q3_pw }}",
                                             "image_encryption_iter_time": 10})
-        changed, failed, output = play(playbook, images)
+        changed, failed, output = play(playbook)
         assert failed == 0 and changed > 0, output
         for image in (first, second):
             assert info(image)["encrypted"] is True and reads_back(image, passfile(images))
@@ -515,7 +494,7 @@ def test_role_encrypts_the_qcow2_volumes_of_a_pool(images, guests, tmp_path):
         assert info(raw)["format"] == "raw"
         assert "<encryption format='luks'" in virsh("vol-dumpxml", str(first)).stdout
         assert len(list(images.glob("*.qcow2.*~"))) == 2  # the plaintext backups, kept by default
-        changed, failed, output = play(playbook, images)
+        changed, failed, output = play(playbook)
         assert (changed, failed) == (0, 0), output
     finally:
         virsh("pool-destroy", pool, check=False)
@@ -530,15 +509,13 @@ def audit_and_harden(tmp_path, hardening_playbook, role_vars, host_vars=None):
          "kvmsec_fail_severity": "none"}, **(host_vars or {}))}}}))
     playbook = hardening_playbook(tmp_path / "harden.yml", vars=role_vars,
                                   roles=[{"role": "kvmsec.hardening.image_encryption"}])
-    secrets = secrets_file(tmp_path, {"q3_pw": PASS})
 
     def run(check):
-        argv = [str(BIN / "ansible-playbook"), "-i", str(inventory), str(playbook), "-e", "@%s" % secrets,
-                "-e", "kvmsec_report_dir=%s" % (tmp_path / "report")] + (["--check"] if check else [])
-        proc = subprocess.run(argv, capture_output=True, text=True, env=ansible_env(), check=False)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
+        job = playbook_job(playbook, *(["--check"] if check else []), inventory=str(inventory),
+                           extravars=secrets({"kvmsec_report_dir": str(tmp_path / "report")}))
+        assert job.rc == 0, job.output
         report = json.loads((tmp_path / "report" / "localhost.json").read_text())
-        return proc.stdout, next(c for c in report["controls"] if c["id"] == "IMAGE-ENC-01")
+        return job.output, next(c for c in report["controls"] if c["id"] == "IMAGE-ENC-01")
     return run
 
 

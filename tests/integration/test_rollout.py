@@ -5,12 +5,10 @@ pre_tasks that stop a rollout); only its roles are replaced by one task that fai
 hosts, since the roles need KVM hosts. Six inventory hosts all run locally.
 """
 
-import subprocess
-
 import pytest
 import yaml
 
-from localhost_module import ANSIBLE, ROOT
+from ansible_jobs import ROOT, playbook_job
 
 HOSTS = ["kvm%d" % n for n in range(1, 7)]
 
@@ -30,11 +28,7 @@ def rollout(tmp_path, failing, **extra):
     inventory = tmp_path / "hosts.yml"
     inventory.write_text(yaml.safe_dump({"kvm_hosts": {"hosts": dict((h, None) for h in HOSTS),
                                                        "vars": {"ansible_connection": "local"}}}))
-    args = [ANSIBLE + "-playbook", "-i", str(inventory), str(playbook)]
-    for key, value in extra.items():
-        args += ["-e", "%s=%s" % (key, value)]
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=300, check=False)
-    return proc.stdout
+    return playbook_job(playbook, inventory=str(inventory), extravars=extra, timeout=300).output
 
 
 def hardened(output):

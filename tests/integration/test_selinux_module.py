@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from localhost_module import run_module
+from ansible_jobs import run_module
 
 TE = "module kvmsec_it 1.0;\nrequire { type virtd_t; class capability2 perfmon; }\nallow virtd_t self:capability2 perfmon;\n"
 

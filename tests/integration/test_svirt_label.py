@@ -10,7 +10,7 @@ the SELinux and AppArmor lab VMs (tests/integration/on_lab_vm/test_svirt_lab.py)
 import subprocess
 import sys
 
-from localhost_module import VENV_PYTHON, run_module
+from ansible_jobs import VENV_PYTHON, run_module
 
 
 def module(args, interpreter=VENV_PYTHON):

@@ -18,31 +18,21 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ansible.parsing.dataloader import DataLoader
-from ansible.template import Templar
 from packaging.specifiers import SpecifierSet
+
+from awx_job_templates import CATALOGUE, awx_extravars, job_templates
 
 from ansible_collections.kvmsec.hardening.plugins.action.control_results import HOST_SETTINGS
 from ansible_collections.kvmsec.hardening.plugins.plugin_utils._controls import GATE_SEVERITIES
 
 ROOT = Path(__file__).resolve().parents[2]
 PLAYBOOK = ROOT / "playbooks" / "awx-configure.yml"
-CATALOGUE = yaml.safe_load((ROOT / "playbooks" / "vars" / "controls.yml").read_text())["kvmsec_controls"]
 DOCS = "\n".join(path.read_text() for path in sorted((ROOT / "docs").glob("*.md")))
 AWX_DOC = (ROOT / "docs" / "awx.md").read_text()
 # the question types AWX accepts, and the Python type of a default for each
 QUESTION_TYPES = {"text": str, "textarea": str, "password": str, "integer": int, "float": (int, float),
                   "multiplechoice": str, "multiselect": str}
 SWITCH = re.compile(r"^\{\{ (kvmsec_allow_[a-z_]+) \| bool \}\}$")
-
-
-def job_templates():
-    """The job templates as awx-configure.yml hands them to awx.awx.job_template: the vars file
-    rendered with the catalogue, its !unsafe extra_vars left for AWX's jobs to render."""
-    loader = DataLoader()
-    data = loader.load_from_file(str(ROOT / "playbooks" / "vars" / "awx.yml"), trusted_as_template=True)
-    templar = Templar(loader=loader, variables={**data, "kvmsec_controls": CATALOGUE})
-    return templar.template(data["kvmsec_awx_job_templates"])
 
 
 TEMPLATES = job_templates()
@@ -179,26 +169,6 @@ def test_the_audit_asks_nothing_it_cannot_do():
         if template["playbook"] == "playbooks/audit-kvm.yml":
             assert not switches(template)
             assert not [name for name in questions(template) if name.startswith("kvmsec_allow_")]
-
-
-class _Unsafe(str):
-    pass
-
-
-class _AwxDumper(yaml.SafeDumper):
-    """Writes a value the way AWX writes a job's extra vars that are not the template's own."""
-
-
-_AwxDumper.add_representer(_Unsafe, lambda dumper, value: dumper.represent_scalar("!unsafe", str(value)))
-
-
-def awx_extravars(template, answers, job_id):
-    # AWX (ALLOW_JINJA_IN_EXTRA_VARS "template") writes env/extravars with the job template's own
-    # extra_vars as they are and tags every other value (survey answers, meta variables) !unsafe
-    own = dict(template["extra_vars"], kvmsec_awx_report_dir="/srv/kvmsec-reports")
-    others = {str(name): _Unsafe(value) for name, value in answers.items()}
-    return yaml.safe_dump({str(name): str(value) for name, value in own.items()}) + \
-        yaml.dump(others, Dumper=_AwxDumper) + "awx_job_id: %d\n" % job_id
 
 
 @pytest.mark.parametrize("answer", ["yes", "no"])

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from localhost_module import tcg_guest_xml  # tests/integration, on sys.path by its conftest
+from ansible_jobs import tcg_guest_xml  # tests/integration, on sys.path by its conftest
 
 ROOT = Path(__file__).resolve().parents[3]
 

@@ -1,6 +1,7 @@
 """Control results from task records: statuses, evidence, waivers, skips, the gate, report diffs."""
 
 import datetime
+import json
 
 import pytest
 
@@ -199,6 +200,21 @@ def test_fleet_report_totals_and_gate():
     assert fleet["totals"]["pass"] == 5 and fleet["totals"]["fail"] == 1
     assert fleet["gate"] == {"severity": "high", "passed": False, "failing": [{"host": "b-host", "id": "SVIRT-01"}]}
     assert fleet["schema"] == core.SCHEMA
+
+
+def test_job_artifacts_carry_the_gate_and_each_hosts_statuses_without_evidence():
+    hosts = [core.host_report(name, CATALOGUE, records, context(), {"kernel": "6.1"}, "high") for name, records in (
+        ("b-host", [record("KVM-HOST-01", "ok"), record("SVIRT-01", "failed", msg="boom")]),
+        ("a-host", [record("KVM-HOST-01", "ok"), record("SVIRT-01", "changed")]))]
+    fleet = core.fleet_report(hosts, CATALOGUE, "audit", "high", "2026-12-01T00:00:00Z", "0.1.0")
+    artifacts = core.job_artifacts(fleet)
+    assert artifacts["gate"] == fleet["gate"] and artifacts["gate"]["failing"] == [
+        {"host": "b-host", "id": "SVIRT-01"}, {"host": "a-host", "id": "SVIRT-01"}]
+    # an audit that would change something fails that control; a task that failed is an error
+    assert artifacts["hosts"]["a-host"]["SVIRT-01"] == "fail" and artifacts["hosts"]["b-host"]["SVIRT-01"] == "error"
+    assert set(artifacts["hosts"]["a-host"]) == set(c["id"] for c in CATALOGUE)
+    assert artifacts["totals"] == fleet["totals"] and artifacts["mode"] == "audit"
+    assert "boom" not in json.dumps(artifacts) and "kernel" not in json.dumps(artifacts)
 
 
 def test_compare_lists_the_controls_that_moved_per_host():
