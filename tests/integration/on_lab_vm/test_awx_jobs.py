@@ -28,7 +28,7 @@ from pathlib import Path
 import ansible_runner
 import pytest
 import yaml
-from ansible_jobs import private_data_dir
+from ansible_jobs import Job, private_data_dir
 from awx_job_templates import awx_extravars, default_answers, job_templates
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -60,15 +60,12 @@ def execution_environment(tmp_path_factory, shipped):
     return collections
 
 
-class AwxJob:
-    """A finished job as AWX sees it: the runner's status and exit code, the job's events, and
-    its artifacts (set_stats data, which AWX stores with the job)."""
+class AwxJob(Job):
+    """A finished job as AWX sees it: Job's status, exit code, events and output, and its
+    artifacts (set_stats data, which AWX stores with the job)."""
 
     def __init__(self, runner, report_dir):
-        self.status, self.rc = runner.status, runner.rc
-        self.events = list(runner.events)
-        with runner.stdout as stdout:
-            self.output = stdout.read()
+        super().__init__(runner)
         stats = [event for event in self.events if event["event"] == "playbook_on_stats"]
         self.artifacts = stats[-1]["event_data"].get("artifact_data", {}) if stats else {}
         self.report_dir = report_dir
