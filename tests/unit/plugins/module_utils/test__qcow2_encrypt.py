@@ -437,7 +437,7 @@ def test_killed_after_the_rename_every_later_run_reports_the_plaintext_backup(tm
 
 
 # ---------------------------------------------------------------------------------------------
-# QEMU's calibration failure (simulated: it happens at random, about one run in three here)
+# QEMU's calibration failure (simulated: it happens at random, one attempt in six to three in five here)
 
 
 def flaky(failures, final=(0, "", "")):
@@ -473,7 +473,7 @@ def test_other_failures_are_not_retried():
 
 
 def test_real_conversions_survive_calibration_failures(tmp_path, run):
-    """QEMU's real calibration failure hits about a third of the attempts on this machine, so
+    """QEMU's real calibration failure hits one attempt in six to three in five on this machine, so
     some of these conversions meet it; every one of them must still succeed."""
     attempts = []
 
