@@ -12,6 +12,10 @@ its key's count falling short. A watch on a path that does not exist on this hos
 binary of the other distribution, /dev/vfio without VFIO) is left out of the file and reported:
 auditctl refuses such a watch and augenrules would then fail the whole file.
 
+A rule may carry several keys (``-k kvm-config -k VIRT``, which ``auditctl -l`` prints as
+written, or as ``-F key=`` for syscall rules); each of its keys is counted. A common key added to
+every rule lets one ``ausearch -k`` (or ``auditctl -l | grep``) find all of them.
+
 Loading is ``augenrules --load``. With the rules locked in the kernel (``-e 2``, enabled 2) the
 kernel refuses every change until the next boot: the file is still written and the reboot is
 reported, not forced.
@@ -31,6 +35,7 @@ from ansible_collections.kvmsec.hardening.plugins.module_utils._runner import Pl
 HEADER = "## Managed by kvmsec.hardening (audit_rules): edits are replaced on the next run\n"
 IMMUTABLE_RULE = "-e 2"
 KEY = re.compile(r"(?:^|\s)(?:-k\s+|-F\s+key=)(\S+)")
+KEY_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,31}$")
 WATCH = re.compile(r"^-w\s+(\S+)")
 RULE_START = re.compile(r"^-(?:w|a|A)\s")
 
@@ -66,19 +71,27 @@ def watch_rules(watches, option="watches"):
         if not permissions or not re.match(r"^[rwxa]+$", str(permissions)):
             raise AuditRulesError("%s[%d].permissions: %r is not a combination of r, w, x and a (read, "
                                   "write, execute, attribute change)" % (option, index, permissions))
-        if not key or not re.match(r"^[A-Za-z0-9_.:-]{1,31}$", str(key)):
+        if not key or not KEY_NAME.match(str(key)):
             raise AuditRulesError("%s[%d].key: %r is not a key of 1 to 31 letters, digits, '_', '.', ':' "
                                   "or '-'" % (option, index, key))
         rules.append("-w %s -p %s -k %s" % (path, permissions, key))
     return rules
 
 
+def with_common_key(rules, key, option="common_key"):
+    """The rules, each also carrying key (once) when key is given."""
+    if not key:
+        return list(rules)
+    if not KEY_NAME.match(str(key)):
+        raise AuditRulesError("%s: %r is not a key of 1 to 31 letters, digits, '_', '.', ':' or '-'" % (option, key))
+    return [rule if key in KEY.findall(rule) else "%s -k %s" % (rule, key) for rule in rules]
+
+
 def key_counts(rules):
     counts = {}
     for rule in rules:
-        match = KEY.search(rule)
-        if match:
-            counts[match.group(1)] = counts.get(match.group(1), 0) + 1
+        for key in set(KEY.findall(rule)):
+            counts[key] = counts.get(key, 0) + 1
     return counts
 
 
@@ -198,14 +211,14 @@ def apply(result, run, loaded):
         raise AuditRulesError("%s; the rules files are back as they were" % exc)
 
 
-def decide(run, watches, rules, path, immutable_path, immutable, root="/"):
-    """The plan that leaves the rules in the file at path (and the lock in immutable_path when
-    immutable) and loaded in the kernel."""
+def decide(run, watches, rules, path, immutable_path, immutable, root="/", common_key=None):
+    """The plan that leaves the rules (each with common_key too, when given) in the file at path
+    (and the lock in immutable_path when immutable) and loaded in the kernel."""
     for option, value in (("path", path), ("immutable_path", immutable_path)):
         if not value or not os.path.isabs(value) or not value.endswith(".rules") or re.search(r"\s", value):
             raise AuditRulesError("%s: %r must be an absolute path without spaces ending in .rules (augenrules "
                                   "reads nothing else), such as /etc/audit/rules.d/kvm.rules" % (option, value))
-    wanted = watch_rules(watches) + check_rules(rules)
+    wanted = with_common_key(watch_rules(watches) + check_rules(rules), common_key)
 
     def auditctl(flag):
         try:

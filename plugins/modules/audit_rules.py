@@ -54,6 +54,12 @@ options:
     type: list
     elements: str
     default: []
+  common_key:
+    description:
+      - A key every rule of the file also carries (C(-k KEY) added to each rule that lacks it), so
+        that C(ausearch -k KEY) finds every record of these rules and C(auditctl -l | grep KEY) lists
+        them all. Each rule keeps its own key too.
+    type: str
   path:
     description: The rules file.
     type: path
@@ -95,6 +101,8 @@ EXAMPLES = r"""
       - {path: /var/lib/libvirt/images, key: kvm-images}
     rules:
       - -a always,exit -F arch=b64 -S init_module,finit_module,delete_module -k kvm-modules
+    # auditctl -l | grep VIRT lists every one of them
+    common_key: VIRT
 """
 
 RETURN = r"""
@@ -128,7 +136,7 @@ from ansible_collections.kvmsec.hardening.plugins.module_utils._runner import ru
 def decide(module):
     params = module.params
     return core.decide(module_runner(module), params["watches"], params["rules"], params["path"],
-                       params["immutable_path"], params["immutable"])
+                       params["immutable_path"], params["immutable"], common_key=params["common_key"])
 
 
 def main():
@@ -140,6 +148,7 @@ def main():
                 key=dict(type="str", required=True, no_log=False),
             )),
             rules=dict(type="list", elements="str", default=[]),
+            common_key=dict(type="str", no_log=False),
             path=dict(type="path", default="/etc/audit/rules.d/kvm.rules"),
             immutable=dict(type="bool", default=False),
             immutable_path=dict(type="path", default="/etc/audit/rules.d/99-kvmsec-immutable.rules"),

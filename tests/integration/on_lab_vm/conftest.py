@@ -7,8 +7,8 @@ reboot it. VMs are stopped when the test module that booted them finishes; ``sel
 ``main_vm`` are VMs that several files share.
 
 One lab VM runs at a time and each is booted once, so the files run in LAB_FILES order: the
-README's main command leaves its hardened VM (which has the IOMMU) to test_awx_jobs and
-test_vfio_bind, and the shared SELinux VM serves the policy, sVirt and IOMMU-off files.
+README's main command leaves its hardened VM (which has the IOMMU) to test_awx_jobs,
+test_audit_forward and test_vfio_bind, and the shared SELinux VM serves the policy, sVirt and IOMMU-off files.
 """
 
 import json
@@ -26,8 +26,8 @@ sys.path.insert(0, str(ROOT / "tests" / "lab_vm"))
 
 import kvmlab  # noqa: E402  pylint: disable=wrong-import-position
 
-LAB_FILES = ("test_lab.py", "test_kvm_host.py", "test_awx_jobs.py", "test_vfio_bind.py", "test_selinux_lab.py",
-             "test_svirt_lab.py", "test_vfio_bind_iommu_off.py")
+LAB_FILES = ("test_lab.py", "test_kvm_host.py", "test_awx_jobs.py", "test_audit_forward.py", "test_vfio_bind.py",
+             "test_selinux_lab.py", "test_svirt_lab.py", "test_vfio_bind_iommu_off.py")
 MAIN_VM = "kvmlab-main"
 # limits on what a lab test waits for: a hung VM fails its test within minutes, never CI
 SSH_TIMEOUT = 300

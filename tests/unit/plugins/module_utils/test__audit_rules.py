@@ -210,3 +210,34 @@ def test_a_rules_file_path_augenrules_would_not_read_is_refused(host, option, va
     paths[option] = value
     with pytest.raises(core.AuditRulesError, match="%s: %r must be an absolute path" % (option, value)):
         core.decide(runner(Kernel(host[1])), [], RULES, paths["path"], paths["immutable_path"], False, root=host[0])
+
+
+def test_a_common_key_is_carried_by_every_rule_once_and_counted_in_the_kernel(host):
+    """As a compliance check reads the rules: auditctl -l | grep VIRT lists every one of them."""
+    root, rules_d = host
+    kernel = Kernel(rules_d)
+    rules = RULES + ["-w /etc/libvirt/qemu.conf -p wa -k kvm-config -k VIRT"]
+    open(os.path.join(root, "etc/libvirt/qemu.conf"), "w").close()
+
+    def decide_():
+        return core.decide(runner(kernel), [], rules, os.path.join(rules_d, "kvm.rules"),
+                           os.path.join(rules_d, "99-kvmsec-immutable.rules"), False, root=root, common_key="VIRT")
+
+    predicted, _warnings = returned(decide_, check_mode=True)
+    assert predicted["unloaded_keys"]["VIRT"] == {"wanted": 3, "loaded": 0}
+    returned(decide_)
+    assert [line for line in kernel.listing().splitlines() if "VIRT" in line] == [
+        "-w /etc/libvirt -p wa -k kvm-config -k VIRT",
+        "-a always,exit -F arch=b64 -S init_module,finit_module -F key=kvm-modules -F key=VIRT",
+        "-w /etc/libvirt/qemu.conf -p wa -k kvm-config -k VIRT"]
+    again, _warnings = returned(decide_)
+    assert not again["changed"]
+    # a rule loaded again by hand without the common key lacks it in the kernel
+    kernel.loaded[0] = "-w /etc/libvirt -p wa -k kvm-config"
+    drifted, _warnings = returned(decide_, check_mode=True)
+    assert drifted["changed"] and drifted["unloaded_keys"] == {"VIRT": {"wanted": 3, "loaded": 2}}
+
+
+def test_a_bad_common_key_is_refused_naming_the_option():
+    with pytest.raises(core.AuditRulesError, match="common_key: 'VIRT TRAIL' is not a key"):
+        core.with_common_key(RULES, "VIRT TRAIL")
