@@ -188,7 +188,7 @@ class Collector(object):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     commands = parser.add_subparsers(dest="command", required=True)
     pki = commands.add_parser("pki", help="make the PKI in DIR, unless it is there")
     pki.add_argument("dir")
