@@ -163,16 +163,14 @@ class Collector(object):
                         data += sock.recv(sock.pending())
                 except (ssl.SSLError, OSError):
                     data = b""
+                if data:
+                    buffers[sock].extend(data)
+                    try:
+                        received = frames(buffers[sock])
+                    except ValueError:
+                        # not octet-counted syslog: a real collector drops such a client too
+                        data = b""
                 if not data:
-                    self.connections.remove(sock)
-                    buffers.pop(sock, None)
-                    sock.close()
-                    continue
-                buffers[sock].extend(data)
-                try:
-                    received = frames(buffers[sock])
-                except ValueError:
-                    # not octet-counted syslog: a real collector drops such a client too
                     self.connections.remove(sock)
                     buffers.pop(sock, None)
                     sock.close()

@@ -78,8 +78,8 @@ def changed(output):
     return int(output.split("PLAY RECAP")[1].split("changed=")[1].split()[0])
 
 
-def markers(collector, prefix):
-    return {message.split("msg='text=")[1].split()[0] for message in collector.messages()
+def markers(messages, prefix):
+    return {message.split("msg='text=")[1].split()[0] for message in messages
             if "msg='text=%s" % prefix in message}
 
 
@@ -104,11 +104,11 @@ def test_records_made_while_the_collector_is_down_all_arrive_when_it_is_back(vm,
     # with rsyslog restarted halfway (its queue goes to disk and comes back)
     vm.ssh("for i in $(seq 1 %d); do auditctl -m kvmsec-while-down-$i; done; systemctl restart rsyslog; "
            "for i in $(seq %d %d); do auditctl -m kvmsec-while-down-$i; done" % (HALF, HALF + 1, 2 * HALF))
-    assert not markers(collector, "kvmsec-while-down-")
+    assert not markers(collector.messages(), "kvmsec-while-down-")
     queued = vm.ssh("ls /var/spool/rsyslog").stdout
     assert "kvmsec_audit_forward" in queued, queued
     collector.start()
     wanted = {"kvmsec-while-down-%d" % index for index in range(1, 2 * HALF + 1)}
-    collector.wait_for(lambda messages: markers(collector, "kvmsec-while-down-") >= wanted, 120)
-    missing = wanted - markers(collector, "kvmsec-while-down-")
+    arrived = collector.wait_for(lambda messages: markers(messages, "kvmsec-while-down-") >= wanted, 120)
+    missing = wanted - markers(arrived, "kvmsec-while-down-")
     assert not missing, "lost: %s\n%s" % (sorted(missing), vm.ssh("journalctl -u rsyslog -n 30").stdout)
