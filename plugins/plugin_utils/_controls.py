@@ -59,6 +59,8 @@ def observe(task_name, action, tags, status, result, item=None, args=None):
     for key in ("false_condition", "skip_reason"):
         if result.get(key) not in (None, ""):
             record[key] = str(result[key])
+    if "reboot_required" in result:
+        record["reboot_required"] = bool(result["reboot_required"])
     text = "\n".join(part for part in (evidence_text(result), command_text(action, args or {})) if part)
     if text:
         record["text"] = text
@@ -301,12 +303,20 @@ def evaluate(catalogue, records, context):
             "status": status,
             "reason": reason,
             "evidence": found,
+            "reboot_required": reboot_required(by_control.get(cid, [])) if not not_run else False,
             "remediation": remediation(control),
             "waiver": None,
             "references": list(control.get("references") or []),
         }
         results.append(apply_waiver(result, context["waivers"].get(cid), context["today"]))
     return results
+
+
+def reboot_required(records):
+    """What the control's last task that knows says: a reboot would bring what the boot loader
+    now has (a task after a reboot says it no longer is)."""
+    said = [r["reboot_required"] for r in records if "reboot_required" in r]
+    return said[-1] if said else False
 
 
 def remediation(control):

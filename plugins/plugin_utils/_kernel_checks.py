@@ -10,28 +10,22 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-
-def kernel_argument(word):
-    """The kernel reads - and _ alike in a parameter's name (kvm-intel.x is kvm_intel.x)."""
-    name, equals, value = word.partition("=")
-    return name.replace("-", "_") + equals + value
+from ansible_collections.kvmsec.hardening.plugins.module_utils._kernel_arguments import unmet
 
 
-def cpu_protection_problems(facts, required_flags, forbidden_arguments, forbidden_prefixes=()):
-    """KVM-CPU-01: CPU flags missing, and kernel arguments that turn a protection off."""
+def cpu_protection_problems(facts, required_flags, forbidden_arguments):
+    """KVM-CPU-01: CPU flags missing, and running kernel arguments that turn a protection off
+    (KEY=VALUE that value, KEY every value, as kernel_arguments removes them)."""
     problems = []
     cpu = facts.get("cpu", {})
     flags = cpu.get("flags") or cpu.get("security_flags", [])
     missing = [flag for flag in required_flags if flag not in flags]
     if missing:
         problems.append("the CPU lacks %s" % ", ".join(missing))
-    forbidden = set(kernel_argument(word) for word in forbidden_arguments)
-    prefixes = tuple(kernel_argument(prefix) for prefix in forbidden_prefixes)
-    found = [word for word in facts.get("kernel_cmdline", [])
-             if kernel_argument(word) in forbidden or (prefixes and kernel_argument(word).startswith(prefixes))]
+    found = unmet(facts.get("kernel_cmdline", []), [], forbidden_arguments)[1]
     if found:
-        problems.append("the kernel command line turns protections off: %s (remove them from the "
-                        "bootloader configuration and reboot)" % " ".join(found))
+        problems.append("the running kernel's command line turns protections off: %s (KVM-KERNEL-04 removes "
+                        "them from the boot loader; they go at the next boot)" % " ".join(found))
     return problems
 
 

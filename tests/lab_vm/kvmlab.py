@@ -43,6 +43,10 @@ KERNEL_ARGS = {
     "selinux": "security=selinux selinux=1 enforcing=1",
     "apparmor": "security=apparmor apparmor=1",
 }
+# The kernel role's default arguments (KVM-KERNEL-04). A kernel QEMU starts directly has no boot
+# loader for the role to write them to, so the lab passes them itself; the boot through GRUB
+# (tests/integration/on_lab_vm/test_kernel_arguments_lab.py) proves the role's own path.
+BASELINE_ARGS = "mitigations=auto,nosmt slab_nomerge page_alloc.shuffle=1 vsyscall=none"
 
 
 class LabError(Exception):
@@ -156,7 +160,7 @@ def ansible_env(strategy="mitogen_linear"):
 
 
 def qemu_argv(info, image_dir):
-    append = "root=/dev/vda rw console=ttyS0 net.ifnames=0 " + KERNEL_ARGS[info["lsm"]]
+    append = "root=/dev/vda rw console=ttyS0 net.ifnames=0 %s %s" % (KERNEL_ARGS[info["lsm"]], BASELINE_ARGS)
     if info["iommu"]:
         append += " intel_iommu=on"
     argv = [

@@ -75,3 +75,12 @@ def test_what_a_role_sets_is_internal_or_documented_as_published(role):
     undocumented = [name for name in public if not re.search(r"`%s[`.]" % name, readme)]
     assert not undocumented, "%s publishes %s without a word in its README (or name them __%s_*)" % (
         role, undocumented, role)
+
+
+def test_the_lab_passes_the_kernel_roles_default_arguments_to_a_kernel_it_starts_directly():
+    sys.path.insert(0, str(ROLES.parent / "tests" / "lab_vm"))
+    import kvmlab  # pylint: disable=import-outside-toplevel
+    defaults = yaml.safe_load((ROLES / "kernel" / "defaults" / "main.yml").read_text())
+    role_vars = yaml.safe_load((ROLES / "kernel" / "vars" / "main.yml").read_text())
+    wanted = role_vars["__kernel_smt_arguments"][defaults["kernel_smt_policy"]] + defaults["kernel_self_protection_arguments"]
+    assert kvmlab.BASELINE_ARGS.split() == wanted
