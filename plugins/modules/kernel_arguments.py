@@ -26,7 +26,7 @@ description:
     what it lacks is in RV(missing), what undoes them in RV(unwanted), and RV(reboot_required)
     says a reboot would bring them.
   - A kernel its boot loader did not start (no C(BOOT_IMAGE=) on its command line - a kernel
-    started directly, as QEMU C(-kernel) does) gets nothing written under O(bootloader=auto): a
+    started directly, as QEMU C(-kernel) does) gets nothing written under O(bootloader=auto) - a
     reboot would not bring the arguments. RV(not_managed_because) and a warning say so.
   - Files are written atomically and put back when C(update-grub) fails.
 author: kvmsec.hardening developers (@kvmsec)

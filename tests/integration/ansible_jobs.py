@@ -151,3 +151,14 @@ def playbook_job(playbook, *flags, inventory=None, interpreter=VENV_PYTHON, extr
     directory = private_data_dir()
     return _job(directory, playbook=str(playbook),
                 **_settings(directory, flags, timeout, extravars, inventory, interpreter))
+
+
+def changed_tasks(output):
+    """Names of the tasks an ansible-playbook run reported as changed."""
+    names, task = [], None
+    for line in output.splitlines():
+        if line.startswith(("TASK [", "RUNNING HANDLER [")):
+            task = line.split("[", 1)[1].rsplit("]", 1)[0]
+        elif line.startswith("changed: "):
+            names.append(task)
+    return names

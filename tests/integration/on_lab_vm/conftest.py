@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT / "tests" / "lab_vm"))
 import kvmlab  # noqa: E402  pylint: disable=wrong-import-position
 
 LAB_FILES = ("test_lab.py", "test_kvm_host.py", "test_awx_jobs.py", "test_audit_forward.py", "test_vfio_bind.py",
-             "test_selinux_lab.py", "test_svirt_lab.py", "test_vfio_bind_iommu_off.py")
+             "test_selinux_lab.py", "test_svirt_lab.py", "test_vfio_bind_iommu_off.py", "test_kernel_arguments_lab.py")
 MAIN_VM = "kvmlab-main"
 # limits on what a lab test waits for: a hung VM fails its test within minutes, never CI
 SSH_TIMEOUT = 300
@@ -118,9 +118,12 @@ class LabVM:
                 raise AssertionError("ansible gave no result:\n%s\n%s" % (proc.stdout, proc.stderr))
         return result, proc.stdout + proc.stderr
 
-    def playbook(self, path, extra_vars=None, check=False, diff=False, verbosity=0, strategy="mitogen_linear"):
+    def playbook(self, path, extra_vars=None, check=False, diff=False, verbosity=0, strategy="mitogen_linear",
+                 tags=None):
         """Run a playbook against the VM; returns the CompletedProcess (text)."""
         argv = ["ansible-playbook", "-i", self.inventory, str(path)]
+        if tags:
+            argv += ["--tags", tags]
         if extra_vars:
             handle, vars_file = tempfile.mkstemp(suffix=".json")
             with os.fdopen(handle, "w") as out:
@@ -142,9 +145,9 @@ class LabVM:
         self.info = kvmlab.reboot(self.name)
 
 
-def boot_lab_vm(name, lsm="selinux", iommu=True):
+def boot_lab_vm(name, lsm="selinux", iommu=True, firmware="direct"):
     try:
-        return LabVM(kvmlab.boot(name, lsm, iommu))
+        return LabVM(kvmlab.boot(name, lsm, iommu, firmware))
     except kvmlab.LabError as exc:
         pytest.fail(str(exc))
 
@@ -153,8 +156,8 @@ def boot_lab_vm(name, lsm="selinux", iommu=True):
 def lab_vm():
     booted = []
 
-    def boot(name, lsm="selinux", iommu=True):
-        vm = boot_lab_vm(name, lsm, iommu)
+    def boot(name, lsm="selinux", iommu=True, firmware="direct"):
+        vm = boot_lab_vm(name, lsm, iommu, firmware)
         booted.append(name)
         return vm
 

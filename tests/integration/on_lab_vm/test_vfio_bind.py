@@ -19,6 +19,7 @@ import json
 
 import pytest
 import yaml
+from ansible_jobs import changed_tasks  # tests/integration, on sys.path by its conftest
 
 EDU, VGA, NIC, DISK, SMBUS = ("0000:00:03.0", "0000:00:01.0", "0000:00:02.0", "0000:00:04.0",
                               "0000:00:1f.3")
@@ -157,25 +158,6 @@ def test_idempotent_after_reboot_unbind_rebind_and_forced_display(vm, tmp_path):
 
 # A stand-in for Debian's update-grub, which the lab image lacks (its kernel boots with QEMU
 # -kernel): it sources the settings exactly as grub-mkconfig does and keeps the result.
-UPDATE_GRUB = """#!/bin/sh
-set -e
-. /etc/default/grub
-for f in /etc/default/grub.d/*.cfg; do . "$f"; done
-echo "$GRUB_CMDLINE_LINUX" > /run/update-grub.cmdline
-"""
-
-
-def changed_tasks(output):
-    """Names of the tasks an ansible-playbook run reported as changed."""
-    names, task = [], None
-    for line in output.splitlines():
-        if line.startswith(("TASK [", "RUNNING HANDLER [")):
-            task = line.split("[", 1)[1].rsplit("]", 1)[0]
-        elif line.startswith("changed: "):
-            names.append(task)
-    return names
-
-
 def test_role_binds_reports_the_boot_it_cannot_change_then_uses_grub(vm, tmp_path):
     playbook = tmp_path / "role.yml"
     playbook.write_text(yaml.safe_dump([{
@@ -190,27 +172,27 @@ def test_role_binds_reports_the_boot_it_cannot_change_then_uses_grub(vm, tmp_pat
     first = vm.playbook(playbook, extra_vars=extra)
     assert first.returncode == 0, first.stdout + first.stderr
     status = json.loads((tmp_path / "status.json").read_text())
-    assert status["bootloader"] == "none"  # QEMU -kernel: no boot loader to change
+    assert status["bootloader"] == "none"  # QEMU -kernel: no BOOT_IMAGE=, no boot loader to change
     assert status["platform"] == "intel" and status["mode"] == "pt"
     assert status["kernel_args"] == ["intel_iommu=on", "iommu=pt"]
     assert status["kernel_args_missing"] == ["iommu=pt"]
     assert status["reboot_required"] is False
-    assert "boots without update-grub/grubby" in first.stdout
+    assert "the running kernel was not started by a boot loader (no BOOT_IMAGE=" in first.stdout
     assert "/dev/vfio/3: system_u:object_r:vfio_device_t:s0" in first.stdout
     assert driver(vm, EDU) == "vfio-pci"
     modules = vm.ssh("grep -v '^#' /etc/modules-load.d/kvmsec-vfio.conf").stdout
     assert modules == "vfio\nvfio_iommu_type1\nvfio_pci\n"
 
-    # now with GRUB tooling: only the GRUB tasks change, everything else is already in place
-    vm.put(UPDATE_GRUB, "/usr/sbin/update-grub", mode="0755")
-    vm.put('GRUB_CMDLINE_LINUX="quiet"\n', "/etc/default/grub")
-    second = vm.playbook(playbook, extra_vars=extra)
+    # told that GRUB boots this host (kvmsec_bootloader), the image's real update-grub runs:
+    # only the boot loader tasks change, everything else is already in place
+    second = vm.playbook(playbook, extra_vars=dict(extra, kvmsec_bootloader="grub"))
     assert second.returncode == 0, second.stdout + second.stderr
     assert [t for t in changed_tasks(second.stdout) if t != "keep the status"] == [
-        "kvmsec.hardening.iommu_vfio : Create the GRUB drop-in directory",
-        "kvmsec.hardening.iommu_vfio : Write the IOMMU kernel arguments as a GRUB drop-in",
-        "kvmsec.hardening.iommu_vfio : Regenerate the GRUB configuration"], second.stdout
-    assert vm.ssh("cat /run/update-grub.cmdline").stdout == "quiet intel_iommu=on iommu=pt\n"
+        "kvmsec.hardening.iommu_vfio : Set the IOMMU kernel arguments in the boot loader's configuration",
+        "kvmsec.hardening.iommu_vfio : Regenerate the boot loader configuration for the IOMMU arguments"], second.stdout
+    assert vm.ssh("grep -v '^#' /etc/default/grub.d/kvmsec-hardening.cfg").stdout == (
+        'GRUB_CMDLINE_LINUX="$GRUB_CMDLINE_LINUX intel_iommu=on iommu=pt"\n')
+    assert "intel_iommu=on iommu=pt" in vm.ssh("grep -m1 '^\\s*linux' /boot/grub/grub.cfg").stdout
     status = json.loads((tmp_path / "status.json").read_text())
     assert status["bootloader"] == "grub" and status["reboot_required"] is True
     assert "the running kernel does not: reboot %s" % vm.name in second.stdout
