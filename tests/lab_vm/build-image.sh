@@ -82,6 +82,7 @@ uuid=$(cat /proc/sys/kernel/random/uuid)
 # /boot/grub/grub.cfg is the entry update-grub makes, from the same settings
 # (rootfs/etc/default/grub and the drop-ins, read as grub-mkconfig reads them); update-grub in
 # the VM replaces it. GRUB's linux command puts BOOT_IMAGE= in front, as for update-grub's entries.
+# shellcheck disable=SC2016 # expanded by the image's shell, from the image's files
 cmdline=$(chroot "$root" sh -c '. /etc/default/grub; for f in /etc/default/grub.d/*.cfg; do
   [ -e "$f" ] && . "$f"; done; echo "$GRUB_CMDLINE_LINUX $GRUB_CMDLINE_LINUX_DEFAULT"')
 install -d -m 0755 "$root/boot/grub"
