@@ -3,7 +3,7 @@
     python3 tests/lab_vm/kvmlab.py COMMAND ...
 
     kvmlab.py build                      build (or reuse) the cached base image, print its dir
-    kvmlab.py boot NAME [--lsm apparmor] [--no-iommu]
+    kvmlab.py boot NAME [--lsm apparmor] [--no-iommu] [--firmware uefi|uefi-secureboot]
                                          boot a VM on a fresh overlay, wait for SSH, print JSON
     kvmlab.py reboot NAME                reboot it keeping its overlay, wait for SSH again
     kvmlab.py stop NAME                  stop it and delete its overlay
@@ -15,6 +15,11 @@
 The base image is cached under $KVMSEC_LAB_CACHE (default ~/.cache/kvmsec-lab), keyed by the
 hash of everything that goes into it, so a second build costs nothing. Each VM boots from a
 copy-on-write overlay of that image: every test starts pristine.
+
+By default QEMU starts the image's kernel itself (-kernel/-initrd/-append): no boot loader, so
+kernel arguments written with update-grub never take effect. --firmware uefi boots through
+Debian's OVMF, the image's ESP (signed shim, signed GRUB) and /boot/grub/grub.cfg, which
+update-grub in the VM regenerates; uefi-secureboot does the same with Secure Boot on (docs/lab.md).
 """
 
 import argparse
@@ -44,9 +49,18 @@ KERNEL_ARGS = {
     "apparmor": "security=apparmor apparmor=1",
 }
 # The kernel role's default arguments (KVM-KERNEL-04). A kernel QEMU starts directly has no boot
-# loader for the role to write them to, so the lab passes them itself; the boot through GRUB
-# (tests/integration/on_lab_vm/test_kernel_arguments_lab.py) proves the role's own path.
+# loader for the role to write them to, so the lab passes them itself; a boot through the
+# firmware and GRUB gets none of them, so that test_kernel_arguments_lab proves the role's own path.
 BASELINE_ARGS = "mitigations=auto,nosmt slab_nomerge page_alloc.shuffle=1 vsyscall=none"
+# Debian's ovmf package (requirements-apt.txt): firmware code (read-only) and the variable store
+# each VM gets a copy of. The secboot code needs SMM; the .ms variables have Microsoft's keys
+# enrolled, which Debian's shim is signed with, and Secure Boot on.
+OVMF_DIR = Path(os.environ.get("KVMSEC_LAB_OVMF", "/usr/share/OVMF"))
+FIRMWARE = {
+    "direct": None,
+    "uefi": {"code": "OVMF_CODE_4M.fd", "vars": "OVMF_VARS_4M.fd", "secure": False},
+    "uefi-secureboot": {"code": "OVMF_CODE_4M.secboot.fd", "vars": "OVMF_VARS_4M.ms.fd", "secure": True},
+}
 
 
 class LabError(Exception):
@@ -159,15 +173,45 @@ def ansible_env(strategy="mitogen_linear"):
     return env
 
 
-def qemu_argv(info, image_dir):
-    append = "root=/dev/vda rw console=ttyS0 net.ifnames=0 %s %s" % (KERNEL_ARGS[info["lsm"]], BASELINE_ARGS)
-    if info["iommu"]:
-        append += " intel_iommu=on"
+def lab_kernel_args(info):
+    """The kernel arguments that differ between lab VMs: the LSM, and the IOMMU's."""
+    return KERNEL_ARGS[info["lsm"]] + (" intel_iommu=on" if info["iommu"] else "")
+
+
+def boot_argv(info, image_dir):
+    """How QEMU starts the VM's kernel. Directly: -kernel/-initrd/-append. Through the firmware:
+    OVMF from pflash (its variables in the VM's run folder), which boots the ESP's shim and GRUB
+    from a disk on q35's own AHCI controller (an overlay of the image's esp.img: IDE disks cannot
+    be read-only; PCI addresses stay as in a direct boot, the root disk stays /dev/vda); GRUB reads the root disk's /boot/grub/grub.cfg, whose kernel command
+    lines end in $kvmlab_args, set from the SMBIOS OEM string given here. No PXE ROM on the NIC:
+    the firmware would only spend time loading it."""
+    firmware = FIRMWARE[info.get("firmware", "direct")]
+    if firmware is None:
+        return [
+            "-kernel", str(image_dir / "vmlinuz"), "-initrd", str(image_dir / "initrd.img"),
+            "-append", "root=/dev/vda rw console=ttyS0 net.ifnames=0 %s %s" % (lab_kernel_args(info), BASELINE_ARGS),
+        ]
     argv = [
-        "qemu-system-x86_64", "-machine", "q35,accel=tcg,kernel-irqchip=split",
+        "-drive", "if=pflash,format=raw,unit=0,readonly=on,file=%s" % (OVMF_DIR / firmware["code"]),
+        "-drive", "if=pflash,format=raw,unit=1,file=%s" % info["efivars"],
+        "-drive", "if=none,id=esp,format=qcow2,file=%s" % info["esp"],
+        "-device", "ide-hd,drive=esp,bus=ide.0,bootindex=0",
+        "-smbios", "type=11,value=%s" % lab_kernel_args(info),
+        "-global", "virtio-net-pci.romfile=",
+    ]
+    if firmware["secure"]:
+        argv += ["-global", "driver=cfi.pflash01,property=secure,value=on"]
+    return argv
+
+
+def qemu_argv(info, image_dir):
+    machine = "q35,accel=tcg,kernel-irqchip=split"
+    if (FIRMWARE[info.get("firmware", "direct")] or {}).get("secure"):
+        machine += ",smm=on"  # the Secure Boot firmware keeps its variables safe in SMM
+    argv = [
+        "qemu-system-x86_64", "-machine", machine,
         "-cpu", "max", "-smp", "2", "-m", MEMORY_MB,
-        "-kernel", str(image_dir / "vmlinuz"), "-initrd", str(image_dir / "initrd.img"),
-        "-append", append,
+        *boot_argv(info, image_dir),
         "-drive", "file=%s,if=virtio,format=qcow2" % info["overlay"],
         # SSH, and libvirt's TLS port and the first guest console's port for the real-client
         # checks (docs/remote-access.md)
@@ -181,6 +225,13 @@ def qemu_argv(info, image_dir):
     if info["iommu"]:
         argv[argv.index("-smp"):argv.index("-smp")] = [
             "-device", "intel-iommu,intremap=on,caching-mode=on"]
+    if FIRMWARE[info.get("firmware", "direct")]:
+        # OVMF connects only the devices in QEMU's boot order, and GRUB must see the root disk:
+        # it gets a boot index, as the same virtio-blk device at the same place (after edu)
+        root = argv.index("file=%s,if=virtio,format=qcow2" % info["overlay"])
+        argv[root] = "file=%s,if=none,id=root,format=qcow2" % info["overlay"]
+        edu = argv.index("edu")
+        argv[edu + 1:edu + 1] = ["-device", "virtio-blk-pci,drive=root,bootindex=1"]
     return argv
 
 
@@ -228,18 +279,35 @@ def start_qemu(info, image_dir):
         raise
 
 
-def boot(name, lsm, iommu):
+def boot(name, lsm, iommu, firmware="direct"):
+    """Boot lab VM ``name``; ``firmware`` is "direct" (QEMU starts the kernel), "uefi" or
+    "uefi-secureboot" (OVMF, then the image's shim and GRUB). reboot() boots it the same way."""
+    if firmware not in FIRMWARE:
+        raise LabError("unknown firmware %r: one of %s" % (firmware, ", ".join(FIRMWARE)))
+    if FIRMWARE[firmware]:
+        missing = [OVMF_DIR / FIRMWARE[firmware][part] for part in ("code", "vars")
+                   if not (OVMF_DIR / FIRMWARE[firmware][part]).is_file()]
+        if missing:
+            raise LabError("--firmware %s needs %s: install Debian's ovmf package "
+                           "(requirements-apt.txt, scripts/bootstrap)" % (firmware, missing[0]))
     image_dir = build()
     directory = run_dir(name)
     if directory.exists():
         stop(name)
     directory.mkdir(parents=True)
     ssh_port, tls_port, console_port = free_ports(3)
-    info = dict(run_files(name), lsm=lsm, iommu=iommu, host="127.0.0.1", port=ssh_port, tls_port=tls_port,
-                console_port=console_port,
+    info = dict(run_files(name), lsm=lsm, iommu=iommu, firmware=firmware, host="127.0.0.1", port=ssh_port,
+                tls_port=tls_port, console_port=console_port,
                 key=str(image_dir / "id_ed25519"), image=str(image_dir), overlay=str(directory / "disk.qcow2"))
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2",
                     "-b", str(image_dir / "base.qcow2"), info["overlay"]], check=True)
+    if FIRMWARE[firmware]:
+        # the VM's own UEFI variables and ESP, kept across reboots like its disk
+        info["efivars"] = str(directory / "efivars.fd")
+        shutil.copyfile(OVMF_DIR / FIRMWARE[firmware]["vars"], info["efivars"])
+        info["esp"] = str(directory / "esp.qcow2")
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw",
+                        "-b", str(image_dir / "esp.img"), info["esp"]], check=True)
     start_qemu(info, image_dir)
     (directory / "vm.json").write_text(json.dumps(info, indent=2))
     return info
@@ -312,6 +380,10 @@ def main(argv=None):
     boot_parser.add_argument("name")
     boot_parser.add_argument("--lsm", choices=sorted(KERNEL_ARGS), default="selinux")
     boot_parser.add_argument("--no-iommu", dest="iommu", action="store_false")
+    boot_parser.add_argument("--firmware", choices=list(FIRMWARE), default="direct",
+                             help="direct: QEMU starts the kernel (default); uefi: OVMF, shim and "
+                                  "GRUB, so update-grub takes effect; uefi-secureboot: the same "
+                                  "with Secure Boot")
     for command in ("reboot", "stop", "info"):
         sub.add_parser(command).add_argument("name")
     ssh_parser = sub.add_parser("ssh")
@@ -322,7 +394,7 @@ def main(argv=None):
         if args.command == "build":
             print(build())
         elif args.command == "boot":
-            print(json.dumps(boot(args.name, args.lsm, args.iommu), indent=2))
+            print(json.dumps(boot(args.name, args.lsm, args.iommu, args.firmware), indent=2))
         elif args.command == "reboot":
             print(json.dumps(reboot(args.name), indent=2))
         elif args.command == "stop":
