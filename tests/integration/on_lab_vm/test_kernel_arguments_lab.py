@@ -1,6 +1,7 @@
-"""KVM-KERNEL-04 and KVM-CPU-01 proven by booting: a lab host that boots through its firmware and
-GRUB (kvmlab --firmware uefi), whose operator left mitigations=off and nosmap in
-/etc/default/grub, is audited, hardened without and then with reboot consent, and audited again.
+"""KVM-KERNEL-04 and KVM-CPU-01 proven by booting: a lab host that boots through its firmware,
+with Secure Boot, and GRUB (kvmlab --firmware uefi-secureboot), whose operator left
+mitigations=off and nosmap in /etc/default/grub, is audited, hardened without and then with
+reboot consent, and audited again. KVM-BOOT-01 is judged on a real Secure Boot chain.
 The kernel and iommu_vfio roles write one drop-in and GRUB is regenerated once; the arguments
 take effect only through the reboot the role makes. One VM, booted once and rebooted twice
 (once by the test to give the host its bad command line, once by the role)."""
@@ -18,7 +19,7 @@ BAD = "mitigations=off nosmap"
 
 @pytest.fixture(scope="module")
 def vm(lab_vm):
-    host = lab_vm("kvmlab-boot", firmware="uefi")
+    host = lab_vm("kvmlab-boot", firmware="uefi-secureboot")
     # the operator's own line, as a hand-edited host has it; GRUB_CMDLINE_LINUX_DEFAULT comes
     # after the collection's drop-in on the kernel's command line
     host.ssh("sed -i 's/^GRUB_CMDLINE_LINUX_DEFAULT=\"/&%s /' /etc/default/grub && update-grub" % BAD)
@@ -86,6 +87,6 @@ def test_with_consent_the_role_reboots_once_and_every_control_passes(vm, tmp_pat
     assert controls["KVM-KERNEL-04"]["status"] == "fixed" and controls["KVM-KERNEL-04"]["reboot_required"] is False
     assert controls["KVM-CPU-01"]["status"] == "pass"
     dummy, controls, html = run(vm, tmp_path, "audit-after", "audit-kvm.yml")
-    for control in ("KVM-KERNEL-04", "KVM-CPU-01", "KVM-CPU-02", "IOMMU-VFIO-01"):
+    for control in ("KVM-KERNEL-04", "KVM-CPU-01", "KVM-CPU-02", "IOMMU-VFIO-01", "KVM-BOOT-01"):
         assert controls[control]["status"] == "pass", controls[control]
     assert "REBOOT REQUIRED" not in html
