@@ -32,7 +32,7 @@ KERNEL_CONFIG_OPTIONS = (
     "CONFIG_INTEL_IOMMU", "CONFIG_AMD_IOMMU", "CONFIG_IOMMU_DEFAULT_DMA_STRICT",
 )
 KERNEL_CONFIG_LINE = re.compile(r"^(CONFIG_[A-Z0-9_]+)=(.*)$|^# (CONFIG_[A-Z0-9_]+) is not set$")
-EFI_SECURE_BOOT = "sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-e0a9d3e4f8ff"
+EFI_SECURE_BOOT = "sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c"
 NESTED_MODULES = ("kvm_intel", "kvm_amd")
 
 

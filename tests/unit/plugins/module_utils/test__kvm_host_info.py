@@ -197,12 +197,17 @@ def efivar(value):
     return b"\x06\x00\x00\x00" + bytes([value])
 
 
+# EFI_GLOBAL_VARIABLE's GUID (UEFI spec), spelled out: the module's own constant once had a wrong
+# one, which its tests, written with the constant, could not catch (the lab's Secure Boot did)
+SECURE_BOOT = "sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c"
+
+
 @pytest.mark.parametrize("files, expected", [
-    ({}, None),                                            # BIOS boot, as the lab VM
+    ({}, None),                                            # BIOS or a kernel QEMU starts directly
     ({"sys/firmware/efi/.keep": b""}, None),               # UEFI, efivarfs not mounted
-    ({"sys/firmware/efi/efivars/Boot0000-8be4df61-93ca-11d2-aa0d-e0a9d3e4f8ff": b""}, False),  # no such variable
-    ({_kvm_host_info.EFI_SECURE_BOOT: efivar(0)}, False),
-    ({_kvm_host_info.EFI_SECURE_BOOT: efivar(1)}, True),
+    ({"sys/firmware/efi/efivars/Boot0000-8be4df61-93ca-11d2-aa0d-00e098032b8c": b""}, False),  # no such variable
+    ({SECURE_BOOT: efivar(0)}, False),
+    ({SECURE_BOOT: efivar(1)}, True),
 ])
 def test_secure_boot_from_the_efi_variable(tmp_path, files, expected):
     for relative, data in files.items():
