@@ -53,6 +53,7 @@ chroot "$root" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-ins
 umount "$root/var/cache/apt/archives"
 # what the names resolved to, kept with the image for bug reports (packages.txt pins nothing:
 # Debian's archive keeps only the newest revision)
+# shellcheck disable=SC2016 # dpkg-query's format, not the shell's
 chroot "$root" dpkg-query -W -f='${Package}=${Version}\n' >"$work/packages.lock"
 for m in dev/pts dev sys proc; do umount "$root/$m"; done
 rm -f "$root/usr/sbin/policy-rc.d"
@@ -73,7 +74,7 @@ rm -f "$root/etc/libvirt/qemu/networks/autostart/default.xml"
 
 kernel=$(find "$root/boot" -maxdepth 1 -name 'vmlinuz-*' | sort -V | tail -n 1)
 initrd=$(find "$root/boot" -maxdepth 1 -name 'initrd.img-*' | sort -V | tail -n 1)
-[ -n "$kernel" ] && [ -n "$initrd" ] || { echo "lab: no kernel/initrd in the image" >&2; exit 1; }
+if [ -z "$kernel" ] || [ -z "$initrd" ]; then echo "lab: no kernel/initrd in the image" >&2; exit 1; fi
 
 echo "lab: GRUB's first configuration and the EFI system partition" >&2
 # The root filesystem gets this UUID (mkfs.ext4 -U below), so GRUB's configuration can name it now.
