@@ -4,10 +4,13 @@
 """Kernel arguments of a KVM host, through its boot loader: the one path every role uses.
 
 Arguments are added and removed by key. On GRUB hosts (Debian, Ubuntu) the collection's own
-arguments live in one drop-in under /etc/default/grub.d that this core owns; a managed key set
-elsewhere in /etc/default/grub or its drop-ins (``mitigations=off`` left by hand) is removed
-there, so the value the kernel sees last is the baseline's. The GRUB configuration is then
-regenerated (update-grub), once. On EL hosts grubby edits every installed kernel's entry.
+arguments live in one drop-in under /etc/default/grub.d that this core owns, one line per owner
+(the role that asks for them), so that a role's words it no longer asks for go, and two roles
+that disagree on a key are refused. A word that undoes them elsewhere in /etc/default/grub or
+its drop-ins (``mitigations=off`` left by hand) is removed there, so the value the kernel sees
+last is the baseline's; a line too involved to edit safely is left as it is and named. The GRUB
+configuration is then regenerated (update-grub). On EL hosts grubby edits every installed
+kernel's entry.
 
 The running command line (/proc/cmdline) is compared with the arguments: what it lacks or still
 has needs a reboot, which this core never does; it says ``reboot_required``. A kernel that its
@@ -30,20 +33,27 @@ from ansible_collections.kvmsec.hardening.plugins.module_utils._command import c
 from ansible_collections.kvmsec.hardening.plugins.module_utils._files import read_text
 from ansible_collections.kvmsec.hardening.plugins.module_utils._runner import Plan
 
-DROPIN = "/etc/default/grub.d/kvmsec-hardening.cfg"
+# sorts after the distributions' and vendors' drop-ins, so none can set the line anew after it
+DROPIN = "/etc/default/grub.d/99-zz-kvmsec-hardening.cfg"
 GRUB_DEFAULTS = "/etc/default/grub"
 GRUB_CONFIG = "/boot/grub/grub.cfg"
 UPDATE_GRUB = "/usr/sbin/update-grub"
 GRUBBY = ("/usr/sbin/grubby", "/usr/bin/grubby")
 BOOTLOADERS = ("auto", "grub", "grubby", "none")
-# a word GRUB's shell and the kernel both take as one argument: no quotes, no expansion
-ARGUMENT = re.compile(r"^[A-Za-z0-9_.-]+(=[^\s\"'`$\\]*)?$")
-ASSIGNMENT = re.compile(r"^(\s*(?:export\s+)?)(GRUB_CMDLINE_LINUX(?:_DEFAULT)?)=(.*)$")
-OWN_LINE = re.compile(r'^GRUB_CMDLINE_LINUX="\$GRUB_CMDLINE_LINUX ?(.*)"$', re.MULTILINE)
+# a word that the shell reading GRUB's defaults, GRUB's own script and the kernel all take as
+# one plain argument: no quotes, expansion, separators or redirections
+ARGUMENT = re.compile(r"^[A-Za-z0-9_.-]+(=[A-Za-z0-9_.,:/+@%=-]*)?$")
+OWNER = re.compile(r"^[A-Za-z0-9_.-]+$")
+# NAME=VALUE [# comment], VALUE wholly double- or single-quoted or one plain word: the lines
+# this core rewrites; any other assignment of the two names is left as written
+ASSIGNMENT = re.compile(r"""^(?P<lead>\s*(?:export\s+)?)(?P<name>GRUB_CMDLINE_LINUX(?:_DEFAULT)?)="""
+                        r"""(?P<value>"[^"\\`]*"|'[^']*'|[^\s"'`#;\\]*)(?P<tail>\s*(?:#.*)?)$""")
+ANY_ASSIGNMENT = re.compile(r"^\s*(?:export\s+)?GRUB_CMDLINE_LINUX(?:_DEFAULT)?=(?P<rest>.*)$")
+OWN_LINE = re.compile(r'^# owner: (\S+)\nGRUB_CMDLINE_LINUX="\$GRUB_CMDLINE_LINUX ([^"]*)"$', re.MULTILINE)
 # what GRUB's 10_linux puts before the configured arguments, and what GRUB itself adds
 BOOT_WORDS = ("BOOT_IMAGE", "root", "ro", "rw", "initrd")
-HEADER = ("# Managed by kvmsec.hardening (kernel_arguments): the baseline's kernel arguments, by key.\n"
-          "# Edits here are replaced on the next run; set them through the roles' variables.\n")
+HEADER = ("# Managed by kvmsec.hardening (kernel_arguments): the baseline's kernel arguments, one line per\n"
+          "# role that asks for them. The file is written anew on every run: set them through the roles' variables.\n")
 
 
 class ArgumentError(Exception):
@@ -76,15 +86,17 @@ def split(text):
     return words
 
 
-def check(arguments, absent, bootloader):
+def check(owner, arguments, absent, bootloader, dropin):
     problems = []
+    if not OWNER.match(owner or ""):
+        problems.append("owner: %r is not a name of letters, digits, '.', '_' or '-'" % owner)
     for option, words in (("arguments", arguments), ("absent", absent)):
         bad = [word for word in words if not ARGUMENT.match(word)]
         if bad:
-            problems.append("%s: %s %s not a kernel argument; use KEY or KEY=VALUE without spaces, quotes, "
-                            "$ or backslashes" % (option, ", ".join(repr(word) for word in bad),
-                                                  "is" if len(bad) == 1 else "are"))
-    both = [word for word in arguments if unwanted_word(word, [], absent)]
+            problems.append("%s: %s %s not a plain kernel argument; use KEY or KEY=VALUE of letters, digits "
+                            "and _ . , : / + @ %% = -" % (option, ", ".join(repr(word) for word in bad),
+                                                          "is" if len(bad) == 1 else "are"))
+    both = [word for word in arguments if undoes(word, [], absent)]
     if both:
         problems.append("%s both in arguments and absent; keep each in one" % ", ".join(both))
     keys = [key(word) for word in arguments]
@@ -93,13 +105,16 @@ def check(arguments, absent, bootloader):
         problems.append("arguments: %s given more than once; give each key once" % ", ".join(twice))
     if bootloader not in BOOTLOADERS:
         problems.append("bootloader: %r is not one of %s" % (bootloader, ", ".join(BOOTLOADERS)))
+    if os.path.dirname(dropin) != os.path.dirname(DROPIN) or not dropin.endswith(".cfg"):
+        problems.append("dropin: %s is not a .cfg file directly in %s, where GRUB reads drop-ins"
+                        % (dropin, os.path.dirname(DROPIN)))
     if problems:
         raise ArgumentError("; ".join(problems))
 
 
-def unwanted_word(word, arguments, absent):
-    """Whether word undoes the arguments: an absent key (or exact KEY=VALUE), or a key of
-    arguments with another value."""
+def undoes(word, arguments, absent):
+    """Whether a word, wherever it stands, undoes the arguments: an absent key (or exact
+    KEY=VALUE), or a key of arguments with another value."""
     for entry in absent:
         if key(word) == key(entry) and ("=" not in entry or value(word) == value(entry)):
             return True
@@ -107,13 +122,16 @@ def unwanted_word(word, arguments, absent):
 
 
 def unmet(words, arguments, absent):
-    """(missing, unwanted): arguments that words lack, and the words that undo them. The kernel
-    takes a parameter's last value, so only the last occurrence of a key counts as present."""
+    """(missing, unwanted) of a command line: the arguments it lacks, and the words that undo
+    them. The kernel keeps a parameter's last value: an earlier value a later one replaces
+    undoes nothing, a flag (absent KEY) counts wherever it stands."""
     last = {}
-    for word in words:
-        last[key(word)] = word
-    missing = [arg for arg in arguments if last.get(key(arg)) is None or value(last[key(arg)]) != value(arg)]
-    unwanted = [word for word in words if unwanted_word(word, arguments, absent)]
+    for index, word in enumerate(words):
+        last[key(word)] = index
+    missing = [arg for arg in arguments if key(arg) not in last or value(words[last[key(arg)]]) != value(arg)]
+    flags = set(key(entry) for entry in absent if "=" not in entry)
+    unwanted = [word for index, word in enumerate(words)
+                if key(word) in flags or (index == last[key(word)] and undoes(word, arguments, absent))]
     return missing, unwanted
 
 
@@ -125,11 +143,15 @@ def running_words(root):
     return split(read_text(_path(root, "proc/cmdline"), default=""))
 
 
+def grubby_path(root="/"):
+    return next((path for path in GRUBBY if os.path.exists(_path(root, path))), None)
+
+
 def detect(root, words, wanted):
     """The boot loader tooling to use, and why none when there is none."""
     booted = any(key(word) == "BOOT_IMAGE" for word in words)
     grub = os.path.exists(_path(root, UPDATE_GRUB)) and os.path.exists(_path(root, GRUB_DEFAULTS))
-    grubby = next((path for path in GRUBBY if os.path.exists(_path(root, path))), None)
+    grubby = grubby_path(root)
     if wanted == "auto":
         if not booted:
             return "none", "the running kernel was not started by a boot loader (no BOOT_IMAGE= on its command line)"
@@ -145,53 +167,58 @@ def detect(root, words, wanted):
     return wanted, None if wanted != "none" else "bootloader: none asked for"
 
 
-def _unquote(text):
-    text = text.strip()
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
-        return text[0], text[1:-1]
-    return "", text
-
-
 def edit_assignments(text, arguments, absent):
-    """text with every GRUB_CMDLINE_LINUX(_DEFAULT) assignment cleared of the words that undo
-    the arguments; other lines untouched. Variable references ($GRUB_CMDLINE_LINUX) stay."""
-    lines = []
-    for line in text.splitlines(True):
-        match = ASSIGNMENT.match(line.rstrip("\n"))
-        if match:
-            quote, inner = _unquote(match.group(3))
+    """(text, unedited): text with every GRUB_CMDLINE_LINUX(_DEFAULT) assignment it can rewrite
+    safely cleared of the words that undo the arguments, and the line numbers of assignments
+    that hold such a word but are too involved to rewrite (continued, escaped, computed)."""
+    lines, unedited = text.splitlines(True), []
+    for index, line in enumerate(lines):
+        body = line.rstrip("\n")
+        match = ASSIGNMENT.match(body)
+        if match and "$(" not in match.group("value"):
+            quoted = match.group("value")[:1] in ("'", '"')
+            inner = match.group("value")[1:-1] if quoted else match.group("value")
             words = split(inner)
-            kept = [w for w in words if w.startswith("$") or not unwanted_word(w, arguments, absent)]
+            kept = [w for w in words if w.startswith("$") or not undoes(w, arguments, absent)]
             if kept != words:
-                line = "%s%s=%s%s%s\n" % (match.group(1), match.group(2), quote or '"', " ".join(kept), quote or '"')
-        lines.append(line)
-    return "".join(lines)
+                quote = match.group("value")[0] if quoted else '"'
+                lines[index] = "%s%s=%s%s%s%s\n" % (match.group("lead"), match.group("name"), quote, " ".join(kept),
+                                                    quote, match.group("tail"))
+        elif ANY_ASSIGNMENT.match(body):
+            # the value, with the lines a trailing backslash continues it onto
+            end = index
+            while lines[end].rstrip("\n").endswith("\\") and end + 1 < len(lines):
+                end += 1
+            value_text = ANY_ASSIGNMENT.match(body).group("rest") + " " + " ".join(lines[index + 1:end + 1])
+            words = split(re.sub(r"[\"'`()\\]", " ", value_text))
+            if any(undoes(w, arguments, absent) for w in words):
+                unedited.append(index + 1)
+    return "".join(lines), unedited
 
 
-def own_words(text):
-    match = OWN_LINE.search(text or "")
-    return split(match.group(1)) if match else []
+def own_blocks(text):
+    """The drop-in's lines, owner by owner, in file order."""
+    return [(owner, split(words)) for owner, words in OWN_LINE.findall(text or "")]
 
 
-def render_own(words):
-    if not words:
-        return None
-    return HEADER + 'GRUB_CMDLINE_LINUX="$GRUB_CMDLINE_LINUX %s"\n' % " ".join(words)
+def render_own(blocks):
+    lines = ["# owner: %s\nGRUB_CMDLINE_LINUX=\"$GRUB_CMDLINE_LINUX %s\"\n" % (owner, " ".join(words))
+             for owner, words in blocks if words]
+    return HEADER + "".join(lines) if lines else None
 
 
-def merge_own(current, arguments, absent):
-    """The drop-in's words: an argument replaces its key where it stood, a new one is appended;
-    absent keys are dropped, and so is a word another role put there that undoes these."""
-    wanted = dict((key(arg), arg) for arg in arguments)
-    words, placed = [], set()
-    for word in current:
-        if key(word) in wanted:
-            if key(word) not in placed:
-                words.append(wanted[key(word)])
-                placed.add(key(word))
-        elif not unwanted_word(word, arguments, absent):
-            words.append(word)
-    return words + [arg for arg in arguments if key(arg) not in placed]
+def merge_own(blocks, owner, arguments, absent):
+    """The drop-in's lines with owner's replaced by exactly its arguments (a word it no longer
+    asks for goes); another owner's word these undo is a conflict between two roles."""
+    for other, words in blocks:
+        clash = [w for w in words if other != owner and undoes(w, arguments, absent)]
+        if clash:
+            raise ArgumentError("%s, which %s sets in %s, is refused or set otherwise by %s (%s): keep the "
+                                "key in one role" % (" ".join(clash), other, DROPIN, owner, " ".join(arguments + absent)))
+    merged = [(name, list(arguments) if name == owner else words) for name, words in blocks]
+    if owner not in [name for name, dummy in blocks]:
+        merged.append((owner, list(arguments)))
+    return merged
 
 
 def grub_sources(root, dropin):
@@ -213,8 +240,8 @@ def generated_words(root):
 
 
 class Needed(object):
-    """What one call changes: files (GRUB) or grubby's edits, and whether GRUB's configuration
-    is regenerated now (or left stale for a later call: ``stale``)."""
+    """What one call changes: files (GRUB) or grubby's edits, whether GRUB's configuration is
+    regenerated now (or left stale for a later call: ``stale``), and the lines it cannot edit."""
 
     def __init__(self, bootloader, reason, running, arguments, absent):
         self.bootloader = bootloader
@@ -223,6 +250,7 @@ class Needed(object):
         self.arguments = arguments
         self.absent = absent
         self.files = []
+        self.unedited = []
         self.regenerate = False
         self.stale = False
         self.grubby_add = []
@@ -230,48 +258,49 @@ class Needed(object):
         self.configured = []
 
 
-def plan_grub(needed, root, dropin):
+def plan_grub(needed, root, owner, dropin):
     arguments, absent = needed.arguments, needed.absent
     for path in grub_sources(root, dropin):
         if os.path.isfile(path):
-            before = read_text(path)
-            change = _files.change_to(path, edit_assignments(before, arguments, absent), shown="/" + os.path.relpath(path, root))
+            shown = "/" + os.path.relpath(path, root)
+            text, unedited = edit_assignments(read_text(path), arguments, absent)
+            needed.unedited += ["%s line %d" % (shown, number) for number in unedited]
+            change = _files.change_to(path, text, shown=shown)
             if change:
                 needed.files.append(change)
     own = _path(root, dropin)
-    current = own_words(read_text(own, default=""))
-    change = _files.change_to(own, render_own(merge_own(current, arguments, absent)), shown=dropin)
+    blocks = merge_own(own_blocks(read_text(own, default="")), owner, arguments, absent)
+    change = _files.change_to(own, render_own(blocks), shown=dropin)
     if change:
         needed.files.append(change)
     needed.configured = generated_words(root)
-    needed.regenerate = bool(needed.files) or any(unmet(needed.configured, arguments, absent))
+    # a line left as written keeps the next boot short of the arguments: regenerating again
+    # on every run would not change that
+    stale = any(unmet(needed.configured, arguments, absent)) and not needed.unedited
+    needed.regenerate = bool(needed.files) or stale
 
 
 def plan_grubby(needed, run, root):
     arguments, absent = needed.arguments, needed.absent
     info = checked(run, [grubby_path(root), "--info=DEFAULT"], what="grubby --info=DEFAULT")
-    match = re.search(r'^args="?([^"\n]*)"?$', info, re.MULTILINE)
+    match = re.search(r'^args="(.*)"$', info, re.MULTILINE)
     words = split(match.group(1)) if match else []
-    missing, unwanted = unmet(words, arguments, absent)
+    missing = unmet(words, arguments, absent)[0]
     replaced = set(key(arg) for arg in missing)
     needed.grubby_add = missing
-    # grubby --args replaces a key's value; only what no argument replaces is removed
-    needed.grubby_remove = sorted(set(w for w in unwanted if key(w) not in replaced))
+    # grubby --args replaces a key's value; what no argument replaces is removed
+    needed.grubby_remove = sorted(set(w for w in words if undoes(w, arguments, absent) and key(w) not in replaced))
     needed.configured = [w for w in words if w not in needed.grubby_remove and key(w) not in replaced] + missing
 
 
-def grubby_path(root="/"):
-    return next((path for path in GRUBBY if os.path.exists(_path(root, path))), GRUBBY[0])
-
-
-def plan(run, arguments, absent, bootloader="auto", dropin=DROPIN, regenerate=True, root="/"):
+def plan(run, owner, arguments, absent, bootloader="auto", dropin=DROPIN, regenerate=True, root="/"):
     arguments, absent = list(arguments or []), list(absent or [])
-    check(arguments, absent, bootloader)
+    check(owner, arguments, absent, bootloader, dropin)
     running = running_words(root)
     chosen, reason = detect(root, running, bootloader)
     needed = Needed(chosen, reason, running, arguments, absent)
     if chosen == "grub":
-        plan_grub(needed, root, dropin)
+        plan_grub(needed, root, owner, dropin)
         if not regenerate:
             needed.stale, needed.regenerate = needed.regenerate, False
     elif chosen == "grubby":
@@ -285,6 +314,7 @@ def result(needed):
         bootloader=needed.bootloader,
         not_managed_because=needed.reason,
         files=[change.shown for change in needed.files],
+        unedited=needed.unedited,
         regenerated=needed.regenerate,
         regenerate_required=needed.stale,
         grubby_added=needed.grubby_add,
@@ -293,8 +323,9 @@ def result(needed):
         configured=needed.configured,
         missing=missing,
         unwanted=unwanted,
-        # what a reboot brings: the boot loader is ours and the running kernel falls short
-        reboot_required=needed.bootloader != "none" and bool(missing or unwanted),
+        # what a reboot brings: the boot loader is ours, nothing left as written keeps the next
+        # boot short, and the running kernel falls short
+        reboot_required=needed.bootloader != "none" and not needed.unedited and bool(missing or unwanted),
     )
 
 
@@ -307,13 +338,20 @@ def diff(needed):
     return diffs
 
 
+def short_of(missing, unwanted):
+    return " and ".join(part for part in ("lacks " + " ".join(missing) if missing else "",
+                                          "has " + " ".join(unwanted) if unwanted else "") if part)
+
+
 def warnings(needed, found):
     notes = []
     if needed.reason and (found["missing"] or found["unwanted"]):
-        notes.append("%s, so nothing is written: %s where this host's kernel command line is set"
-                     % (needed.reason, " and ".join(part for part in (
-                         "add " + " ".join(found["missing"]) if found["missing"] else "",
-                         "remove " + " ".join(found["unwanted"]) if found["unwanted"] else "") if part)))
+        notes.append("%s, so nothing is written: the running kernel %s; set that where this host's kernel "
+                     "command line is set" % (needed.reason, short_of(found["missing"], found["unwanted"])))
+    for where in needed.unedited:
+        notes.append("%s sets GRUB_CMDLINE_LINUX in a way this module does not rewrite (a continued, escaped or "
+                     "computed value) and undoes these arguments there: edit it by hand; a reboot would not help "
+                     "until then" % where)
     return notes
 
 
@@ -332,9 +370,9 @@ def apply(needed, run, root="/"):
     _files.write_all(needed.files, then=then)
 
 
-def decide(run, arguments, absent, bootloader="auto", dropin=DROPIN, regenerate=True, root="/"):
+def decide(run, owner, arguments, absent, bootloader="auto", dropin=DROPIN, regenerate=True, root="/"):
     """The plan for the module's whole job."""
-    needed = plan(run, arguments, absent, bootloader, dropin, regenerate, root)
+    needed = plan(run, owner, arguments, absent, bootloader, dropin, regenerate, root)
     found = result(needed)
     changed = bool(needed.files or needed.regenerate or needed.grubby_add or needed.grubby_remove)
 
@@ -342,17 +380,13 @@ def decide(run, arguments, absent, bootloader="auto", dropin=DROPIN, regenerate=
         apply(needed, run, root)
         if not needed.regenerate:
             return found
-        # what update-grub made of every file: a drop-in read after ours may set the line anew
-        needed.configured = generated_words(root)
-        left = unmet(needed.configured, needed.arguments, needed.absent)
+        # what update-grub made of every file
+        found["configured"] = generated_words(root)
+        left = unmet(found["configured"], needed.arguments, needed.absent)
         if any(left):
             found["reboot_required"] = False
             plan_.warnings.append("update-grub ran, yet the next boot still %s: a file read after %s sets "
-                                  "GRUB_CMDLINE_LINUX anew, so a reboot would not help"
-                                  % (" and ".join(part for part in (
-                                      "lacks " + " ".join(left[0]) if left[0] else "",
-                                      "has " + " ".join(left[1]) if left[1] else "") if part), dropin))
-        found["configured"] = needed.configured
+                                  "GRUB_CMDLINE_LINUX anew, so a reboot would not help" % (short_of(*left), dropin))
         return found
 
     plan_ = Plan(changed, found, diff=diff(needed), warnings=warnings(needed, found),

@@ -15,6 +15,8 @@ import gzip
 import os
 import re
 
+from ansible_collections.kvmsec.hardening.plugins.module_utils._kernel_arguments import split
+
 HW_VIRT_FLAGS = {"vmx": "intel", "svm": "amd"}
 SECURITY_FLAGS = ("smep", "smap", "umip", "pku", "md_clear", "ssbd", "ibrs", "ibpb", "stibp")
 QEMU_BINARIES = ("usr/bin/qemu-system-x86_64", "usr/libexec/qemu-kvm", "usr/bin/qemu-kvm")
@@ -72,7 +74,8 @@ def cpu_info(root="/"):
 
 
 def kernel_cmdline(root="/"):
-    return _read(root, "proc/cmdline").split()
+    """The running kernel's arguments, word by word as kernel_arguments reads them."""
+    return split(_read(root, "proc/cmdline"))
 
 
 def active_lsms(root="/"):

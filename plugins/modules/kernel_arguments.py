@@ -16,11 +16,15 @@ description:
   - The one boot loader path of the collection - the C(kernel), C(iommu_vfio) and C(selinux)
     roles all set their arguments through it.
   - Adds O(arguments) and removes O(absent) by key. On GRUB hosts (Debian, Ubuntu) the
-    collection's arguments are kept in one drop-in the module owns (O(dropin)), where each call
-    replaces only its own keys, so several roles share the file. A key of O(arguments) or
-    O(absent) set otherwise in C(/etc/default/grub) or another drop-in of
+    collection's arguments are kept in one drop-in the module owns (O(dropin)), one line per
+    O(owner) - each call replaces its owner's line with exactly O(arguments), so several roles
+    share the file, a word a role no longer asks for goes, and an argument another owner's line
+    undoes fails the call naming both.
+  - A word that undoes the arguments in C(/etc/default/grub) or another drop-in of
     C(/etc/default/grub.d) (C(mitigations=off) added by hand) is removed there, so the kernel
-    sees the baseline's value last. C(update-grub) then regenerates the configuration.
+    sees the baseline's value last. A line too involved to rewrite safely (a continued, escaped
+    or computed value) is left as written and named in RV(unedited) and a warning.
+    C(update-grub) then regenerates the configuration.
   - On EL hosts, C(grubby --update-kernel=ALL) edits every installed kernel's entry.
   - Never reboots. The running command line (C(/proc/cmdline)) is compared with the arguments -
     what it lacks is in RV(missing), what undoes them in RV(unwanted), and RV(reboot_required)
@@ -28,9 +32,15 @@ description:
   - A kernel its boot loader did not start (no C(BOOT_IMAGE=) on its command line - a kernel
     started directly, as QEMU C(-kernel) does) gets nothing written under O(bootloader=auto) - a
     reboot would not bring the arguments. RV(not_managed_because) and a warning say so.
-  - Files are written atomically and put back when C(update-grub) fails.
+  - Files are written atomically; when the same call runs C(update-grub) and it fails, they are
+    put back. With O(regenerate=false) they stay written for the later call that regenerates.
 author: kvmsec.hardening developers (@kvmsec)
 options:
+  owner:
+    description:
+      - Whose arguments these are (a role's name) - the drop-in's line this call replaces.
+    type: str
+    default: kvmsec.hardening
   arguments:
     description:
       - Arguments the kernel must have, C(KEY) or C(KEY=VALUE). An argument replaces any other
@@ -54,9 +64,11 @@ options:
     choices: [auto, grub, grubby, none]
     default: auto
   dropin:
-    description: The GRUB drop-in the module owns.
+    description:
+      - The GRUB drop-in the module owns, a C(.cfg) file in C(/etc/default/grub.d). Its name
+        sorts after other drop-ins, so that none sets the line anew after it.
     type: path
-    default: /etc/default/grub.d/kvmsec-hardening.cfg
+    default: /etc/default/grub.d/99-zz-kvmsec-hardening.cfg
   regenerate:
     description:
       - Run C(update-grub) when a file changed or the generated configuration lacks the
@@ -67,7 +79,7 @@ options:
 attributes:
   check_mode:
     support: full
-    details: Check mode reads the host and returns the plan; nothing is written or run.
+    details: Check mode reads the host (C(grubby --info) on EL) and returns the plan; nothing is written or regenerated.
   diff_mode:
     support: full
     details: One diff per changed file; for grubby, the arguments removed and added.
@@ -84,6 +96,7 @@ seealso:
 EXAMPLES = r"""
 - name: Mitigations on, SMT off where the CPU needs it, no per-bug mitigation turned off
   kvmsec.hardening.kernel_arguments:
+    owner: kernel
     arguments: ["mitigations=auto,nosmt"]
     absent: [nospectre_v2, spectre_v2=off, mds=off]
   register: kernel_arguments_result
@@ -95,6 +108,7 @@ EXAMPLES = r"""
 
 - name: Write the IOMMU arguments now, regenerate GRUB once later
   kvmsec.hardening.kernel_arguments:
+    owner: iommu_vfio
     arguments: [intel_iommu=on, iommu=pt]
     absent: [iommu.strict, iommu.passthrough]
     regenerate: false
@@ -107,7 +121,7 @@ bootloader:
   type: str
   sample: grub
 not_managed_because:
-  description: Why nothing is written, when RV(bootloader) is C(none).
+  description: Why nothing is written, when RV(bootloader) is C(none); null otherwise.
   returned: always
   type: str
   sample: the running kernel was not started by a boot loader (no BOOT_IMAGE= on its command line)
@@ -116,7 +130,13 @@ files:
   returned: always
   type: list
   elements: str
-  sample: ["/etc/default/grub", "/etc/default/grub.d/kvmsec-hardening.cfg"]
+  sample: ["/etc/default/grub", "/etc/default/grub.d/99-zz-kvmsec-hardening.cfg"]
+unedited:
+  description: Lines that set the command line in a way the module does not rewrite and that undo the arguments; no reboot helps until they are edited.
+  returned: always
+  type: list
+  elements: str
+  sample: ["/etc/default/grub line 12"]
 regenerated:
   description: Whether C(update-grub) ran (would run).
   returned: always
@@ -158,7 +178,7 @@ unwanted:
   elements: str
   sample: ["mitigations=off", "nosmap"]
 reboot_required:
-  description: The running kernel falls short and the boot loader now gives the next boot the arguments.
+  description: The running kernel falls short and the boot loader now gives (check mode - would give) the next boot the arguments.
   returned: always
   type: bool
 """
@@ -173,6 +193,7 @@ from ansible_collections.kvmsec.hardening.plugins.module_utils._runner import ru
 def main():
     module = AnsibleModule(
         argument_spec=dict(
+            owner=dict(type="str", default="kvmsec.hardening"),
             arguments=dict(type="list", elements="str", default=[]),
             absent=dict(type="list", elements="str", default=[]),
             bootloader=dict(type="str", default="auto", choices=list(core.BOOTLOADERS)),
@@ -182,8 +203,8 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
-    run(module, lambda: core.decide(module_runner(module), params["arguments"], params["absent"], params["bootloader"],
-                                    params["dropin"], params["regenerate"]),
+    run(module, lambda: core.decide(module_runner(module), params["owner"], params["arguments"], params["absent"],
+                                    params["bootloader"], params["dropin"], params["regenerate"]),
         (core.ArgumentError, CommandError, NotRestored, IOError, OSError), "kernel_arguments")
 
 

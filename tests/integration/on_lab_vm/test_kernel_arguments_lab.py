@@ -53,7 +53,7 @@ def test_audit_fails_naming_the_arguments_and_the_reboot(vm, tmp_path):
     assert "-GRUB_CMDLINE_LINUX_DEFAULT=\\\"%s" % BAD in evidence  # the diff of /etc/default/grub
     assert "reboot_required" in evidence
     assert "REBOOT REQUIRED" in html
-    assert vm.ssh("cat /etc/default/grub.d/kvmsec-hardening.cfg", check=False).returncode != 0
+    assert vm.ssh("cat /etc/default/grub.d/99-zz-kvmsec-hardening.cfg", check=False).returncode != 0
     # the firmware's Secure Boot and the kernel's lockdown under it, read on a real UEFI host
     assert controls["KVM-BOOT-01"]["status"] == "pass", controls["KVM-BOOT-01"]
 
@@ -65,9 +65,12 @@ def test_without_consent_one_drop_in_one_regeneration_and_the_control_keeps_fail
     assert regenerations == ["kvmsec.hardening.kernel : Regenerate the boot loader configuration for the kernel "
                              "role's arguments"], changed
     assert not any(t.endswith("Reboot for the kernel arguments") for t in changed)
-    dropin = vm.ssh("grep -v '^#' /etc/default/grub.d/kvmsec-hardening.cfg").stdout
-    assert dropin == ('GRUB_CMDLINE_LINUX="$GRUB_CMDLINE_LINUX mitigations=auto,nosmt slab_nomerge '
-                      'page_alloc.shuffle=1 vsyscall=none intel_iommu=on iommu.passthrough=0 iommu.strict=1"\n')
+    dropin = vm.ssh("cat /etc/default/grub.d/99-zz-kvmsec-hardening.cfg").stdout
+    assert dropin.endswith(
+        '# owner: kernel\nGRUB_CMDLINE_LINUX="$GRUB_CMDLINE_LINUX mitigations=auto,nosmt slab_nomerge '
+        'page_alloc.shuffle=1 vsyscall=none"\n'
+        '# owner: iommu_vfio\nGRUB_CMDLINE_LINUX="$GRUB_CMDLINE_LINUX intel_iommu=on iommu.passthrough=0 '
+        'iommu.strict=1"\n'), dropin
     assert "mitigations=off" not in vm.ssh("cat /etc/default/grub").stdout
     linux = vm.ssh("grep -m1 '^\\s*linux' /boot/grub/grub.cfg").stdout
     assert "mitigations=auto,nosmt" in linux and "iommu.strict=1" in linux and "nosmap" not in linux

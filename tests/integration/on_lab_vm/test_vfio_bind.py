@@ -190,8 +190,8 @@ def test_role_binds_reports_the_boot_it_cannot_change_then_uses_grub(vm, tmp_pat
     assert [t for t in changed_tasks(second.stdout) if t != "keep the status"] == [
         "kvmsec.hardening.iommu_vfio : Set the IOMMU kernel arguments in the boot loader's configuration",
         "kvmsec.hardening.iommu_vfio : Regenerate the boot loader configuration for the IOMMU arguments"], second.stdout
-    assert vm.ssh("grep -v '^#' /etc/default/grub.d/kvmsec-hardening.cfg").stdout == (
-        'GRUB_CMDLINE_LINUX="$GRUB_CMDLINE_LINUX intel_iommu=on iommu=pt"\n')
+    assert vm.ssh("grep -v '^# Managed\\|^# role' /etc/default/grub.d/99-zz-kvmsec-hardening.cfg").stdout == (
+        '# owner: iommu_vfio\nGRUB_CMDLINE_LINUX="$GRUB_CMDLINE_LINUX intel_iommu=on iommu=pt"\n')
     assert "intel_iommu=on iommu=pt" in vm.ssh("grep -m1 '^\\s*linux' /boot/grub/grub.cfg").stdout
     status = json.loads((tmp_path / "status.json").read_text())
     assert status["bootloader"] == "grub" and status["reboot_required"] is True
