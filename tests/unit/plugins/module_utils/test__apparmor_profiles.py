@@ -11,6 +11,7 @@ import os
 import pytest
 
 from ansible_collections.kvmsec.hardening.plugins.module_utils import _apparmor_profiles as core
+from ansible_collections.kvmsec.hardening.tests.unit.plugins.module_utils.host_tree import put, read
 from ansible_collections.kvmsec.hardening.tests.unit.plugins.module_utils.module_stub import returned
 
 LIBVIRTD = ("#include <tunables/global>\n\nprofile libvirtd /usr/sbin/libvirtd flags=(attach_disconnected) {\n"
@@ -20,19 +21,6 @@ HELPER = ("#include <tunables/global>\n\nprofile virt-aa-helper /usr/lib/libvirt
           "  /var/lib/libvirt/images/** r,\n  #include <local/usr.lib.libvirt.virt-aa-helper>\n}\n")
 LOADED = "libvirtd (enforce)\nlibvirtd//qemu_bridge_helper (enforce)\nvirt-aa-helper (enforce)\n"
 ENFORCE = ["usr.lib.libvirt.virt-aa-helper", "usr.sbin.libvirtd"]
-
-
-def put(root, relative, text):
-    path = os.path.join(root, relative)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as handle:
-        handle.write(text)
-    return path
-
-
-def read(root, relative):
-    with open(os.path.join(root, relative)) as handle:
-        return handle.read()
 
 
 class Parser(object):

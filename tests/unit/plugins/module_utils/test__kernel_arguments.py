@@ -14,22 +14,10 @@ import pytest
 
 from ansible_collections.kvmsec.hardening.plugins.module_utils import _kernel_arguments as core
 from ansible_collections.kvmsec.hardening.plugins.module_utils._command import CommandError
+from ansible_collections.kvmsec.hardening.tests.unit.plugins.module_utils.host_tree import put, read
 from ansible_collections.kvmsec.hardening.tests.unit.plugins.module_utils.module_stub import returned
 
 GRUB_BOOT = "BOOT_IMAGE=/boot/vmlinuz-6.1.0-28-amd64 root=UUID=0f0e ro"
-
-
-def put(root, relative, text):
-    path = os.path.join(str(root), relative)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as handle:
-        handle.write(text)
-    return path
-
-
-def read(root, relative):
-    with open(os.path.join(str(root), relative.lstrip("/"))) as handle:
-        return handle.read()
 
 
 class Grub(object):

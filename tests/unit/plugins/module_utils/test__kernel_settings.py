@@ -7,23 +7,11 @@ import os
 import pytest
 
 from ansible_collections.kvmsec.hardening.plugins.module_utils import _kernel_settings as core
+from ansible_collections.kvmsec.hardening.tests.unit.plugins.module_utils.host_tree import put, read
 from ansible_collections.kvmsec.hardening.tests.unit.plugins.module_utils.module_stub import returned
 
 SYSCTL_FILE = "/etc/sysctl.d/99-zz-kvmsec-hardening.conf"
 MODPROBE_FILE = "/etc/modprobe.d/kvmsec-hardening.conf"
-
-
-def put(root, relative, text):
-    path = os.path.join(str(root), relative)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as handle:
-        handle.write(text)
-    return path
-
-
-def read(root, relative):
-    with open(os.path.join(str(root), relative)) as handle:
-        return handle.read()
 
 
 @pytest.fixture
